@@ -1,0 +1,84 @@
+"""Prompts on one slice, in voxel coordinates of that slice's plane (x, y) = (first, second in-plane axis).
+
+See slices.py for which voxel axes x and y are for each slice normal. Boxes are inclusive voxel corners
+(x0, y0, x1, y1). Point label 1 includes, 0 excludes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be used; the message says which and why."""
+
+
+@dataclass
+class SlicePrompt:
+    """Everything the user gave on one slice.
+
+    ``points`` is float [N, 2] (x, y), ``labels`` int [N] (1 include, 0 exclude), ``box`` float [4] or None,
+    ``mask`` an optional bool [rows, cols] on the voxel slice grid (an existing contour to refine).
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=float))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=int))
+    box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, dtype=float).reshape(-1, 2)
+        self.labels = np.asarray(self.labels, dtype=int).reshape(-1)
+        if len(self.points) != len(self.labels):
+            raise PromptError("each point needs exactly one label (1 include, 0 exclude)")
+        if self.labels.size and not np.isin(self.labels, (0, 1)).all():
+            raise PromptError("point labels must be 1 (include) or 0 (exclude)")
+        if self.box is not None:
+            b = np.asarray(self.box, dtype=float).reshape(-1)
+            if b.size != 4:
+                raise PromptError("a box needs 4 numbers: x0, y0, x1, y1")
+            x0, y0, x1, y1 = b
+            self.box = np.array([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)])
+
+    @property
+    def is_empty(self) -> bool:
+        return self.box is None and len(self.points) == 0 and self.mask is None
+
+    @property
+    def has_include(self) -> bool:
+        return self.box is not None or bool((self.labels == 1).any()) or (self.mask is not None and self.mask.any())
+
+    def merged(self, other: SlicePrompt) -> SlicePrompt:
+        """Union of two prompts on the same slice (the later box wins)."""
+        return SlicePrompt(
+            points=np.concatenate([self.points, other.points]),
+            labels=np.concatenate([self.labels, other.labels]),
+            box=other.box if other.box is not None else self.box,
+            mask=other.mask if other.mask is not None else self.mask,
+        )
+
+    def check_inside(self, shape: tuple[int, int], where: str = "") -> None:
+        """Raise PromptError if a point or box corner lies outside a slice of ``shape`` (rows, cols)."""
+        rows, cols = shape
+        label = f" on {where}" if where else ""
+        for x, y in self.points:
+            if not (-0.5 <= x <= cols - 0.5 and -0.5 <= y <= rows - 0.5):
+                raise PromptError(f"point ({x:g}, {y:g}){label} is outside the slice (x 0..{cols - 1}, y 0..{rows - 1})")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if x0 < -0.5 or y0 < -0.5 or x1 > cols - 0.5 or y1 > rows - 0.5:
+                raise PromptError(
+                    f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}){label} is outside the slice (x 0..{cols - 1}, y 0..{rows - 1})"
+                )
+        if self.mask is not None and tuple(self.mask.shape) != (rows, cols):
+            raise PromptError(f"mask prompt{label} has shape {self.mask.shape}, the slice is {(rows, cols)}")
+
+
+def box_from_mask(mask: np.ndarray) -> np.ndarray | None:
+    """Tight inclusive box (x0, y0, x1, y1) of a 2D mask [rows, cols], or None if empty."""
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        return None
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=float)
