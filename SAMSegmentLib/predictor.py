@@ -15,7 +15,14 @@ import torch
 from .embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
 from .models.base import Embedding, SliceModel
 from .prompts import PromptError, SlicePrompt
-from .slices import SliceGeometry, extract_slice, logits_to_voxel_grid, mask_to_model_grid, slice_geometry, to_model_grid
+from .slices import (
+    SliceGeometry,
+    extract_slice,
+    logits_to_voxel_grid,
+    mask_to_model_grid,
+    slice_geometry,
+    to_model_grid,
+)
 from .volume import Volume, axis_index
 from .windowing import Window, auto_window
 

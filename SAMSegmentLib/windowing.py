@@ -72,8 +72,8 @@ def percentile_window(array: np.ndarray, lower: float = 0.5, upper: float = 99.5
     if fg.size < 16:
         fg = sample
     lo, hi = np.percentile(fg, [lower, upper])
-    if hi <= lo:
-        hi = lo + 1.0
+    if hi <= lo:  # (nearly) constant foreground: fall back to the whole range
+        lo, hi = float(sample.min()), float(max(sample.max(), sample.min() + 1.0))
     return Window(float(lo), float(hi), f"percentile-{lower:g}-{upper:g}")
 
 

@@ -175,8 +175,9 @@ class ChainPropagator:
                     continue
                 if should_stop():
                     raise PropagationCancelled("propagation was cancelled")
+                ran_model = not chain.ended
                 outcome = self._extend(axis, chain, index, seed_results[chain.seed])
-                report(outcome, True)
+                report(outcome, ran_model)
             distance += 1
         return result
 

@@ -31,7 +31,8 @@ class SliceOutcome:
 
 @dataclass
 class PropagationResult:
-    """Outcomes by slice index, and which slices were computed in this run (the others were reused)."""
+    """Outcomes by slice index, and the slices the model ran on in this run (the others were reused, or left
+    empty without model work because their chain had ended)."""
 
     axis: str
     outcomes: dict[int, SliceOutcome] = field(default_factory=dict)

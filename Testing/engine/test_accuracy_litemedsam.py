@@ -1,0 +1,51 @@
+"""Accuracy with the real LiteMedSAM weights on ../shared/data, through `samsegment segment`.
+
+Box on every labelled slice (propagate none) must beat the trivial answer (the reference box filled) and reach the
+issue's Dice floor; one box on the largest slice with propagation both ways must reach its own floor.
+Dice values are printed (run pytest with -s to see the table).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from cases import CASES, box_filled_dice, box_per_slice_prompts, dice, one_box_prompts, write_json
+from conftest import shared_case
+
+from SAMSegmentLib.cli import main
+
+BOX_PER_SLICE_FLOOR = {"lung2": 0.84, "t2": 0.885, "brain1": 0.85, "liver": 0.90}
+ONE_BOX_FLOOR = {"lung2": 0.78, "t2": 0.92, "brain1": 0.60, "liver": 0.90}
+
+
+def _run(name: str, prompts: dict, tmp_path) -> tuple[float, np.ndarray]:
+    folder, image, label, value, axis = CASES[name]
+    image_path = shared_case(folder, image)
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_case(folder, label))))
+    ref = np.rint(ref).astype(np.int32) == value
+    prompts_path = write_json(tmp_path / "prompts.json", prompts(ref, axis))
+    out = tmp_path / "pred.nii.gz"
+    code = main(["segment", str(image_path), "--prompts", str(prompts_path), "-o", str(out), "--no-progress",
+                 "--device", "cpu"])
+    assert code == 0
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+    return dice(pred, ref), ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_box_per_slice_beats_filled_box(name, tmp_path):
+    d, ref = _run(name, box_per_slice_prompts, tmp_path)
+    trivial = box_filled_dice(ref, CASES[name][4])
+    print(f"\n{name}: box-per-slice Dice {d:.3f} (filled reference box {trivial:.3f})")
+    assert d > trivial
+    assert d >= BOX_PER_SLICE_FLOOR[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_one_box_propagation(name, tmp_path):
+    d, _ = _run(name, one_box_prompts, tmp_path)
+    print(f"\n{name}: one box + propagation Dice {d:.3f}")
+    assert d >= ONE_BOX_FLOOR[name]

@@ -1,0 +1,105 @@
+"""Chaining propagation: plan, stop rule, ordered streaming, corrections (what is recomputed), cancel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from doubles import ThresholdModel
+
+from SAMSegmentLib.prompts import SlicePrompt, box_from_mask
+from SAMSegmentLib.propagation import PropagationCancelled, plan_chains
+from SAMSegmentLib.session import SegmentationSession
+from SAMSegmentLib.volume import Volume
+
+
+def blob_volume(n: int = 30, first: int = 8, last: int = 20) -> tuple[Volume, np.ndarray]:
+    """A bright ellipsoid-ish object on slices first..last (axis K), radius changing slowly."""
+    array = np.zeros((n, 64, 64), dtype=np.int16)
+    obj = np.zeros_like(array, dtype=bool)
+    yy, xx = np.mgrid[0:64, 0:64]
+    mid = (first + last) / 2
+    for k in range(first, last + 1):
+        r = 14 - 6 * abs(k - mid) / (last - first)
+        obj[k] = (xx - 30 - 0.3 * k) ** 2 + (yy - 32) ** 2 <= r * r
+    array[obj] = 1000
+    return Volume(array, np.diag([1.0, 1.0, 3.0, 1.0])), obj
+
+
+def test_plan_chains_both_splits_gaps_between_seeds():
+    assert plan_chains([10], "both", 0, 20) == [(10, 1, 20), (10, -1, 0)]
+    chains = plan_chains([4, 10], "both", 0, 15)
+    assert (4, 1, 7) in chains and (10, -1, 8) in chains and (4, -1, 0) in chains and (10, 1, 15) in chains
+    assert plan_chains([4, 10], "forward", 0, 15) == [(4, 1, 9), (10, 1, 15)]
+    assert plan_chains([4, 10], "backward", 0, 15) == [(4, -1, 0), (10, -1, 5)]
+    assert plan_chains([4, 5], "both", 0, 9) == [(4, -1, 0), (5, 1, 9)]
+    assert plan_chains([3], "none", 0, 9) == []
+
+
+def test_propagation_covers_object_and_stops_at_its_end():
+    volume, obj = blob_volume()
+    model = ThresholdModel()
+    session = SegmentationSession(model, volume, window=None)
+    seed = 14
+    streamed = []
+    result = session.propagate("K", {seed: SlicePrompt(box=box_from_mask(obj[seed]))}, "both",
+                               on_slice=lambda o: streamed.append(o.index))
+    mask = result.to_volume(volume.array.shape)
+    np.testing.assert_array_equal(mask, obj)
+    # stop rule: each chain computes exactly one slice past the object (where it finds nothing), then stops
+    assert model.encode_calls == (20 - 8 + 1) + 2
+    stopped = {o.index: o.stopped for o in result.outcomes.values() if o.stopped}
+    assert set(stopped) == {7, 21}
+    # streamed outward from the seed: distance never decreases
+    distances = [abs(i - seed) for i in streamed]
+    assert distances == sorted(distances) and streamed[0] == seed
+    assert len(streamed) == volume.axis_length("K")
+
+
+def test_range_and_direction_bound_propagation():
+    volume, obj = blob_volume()
+    session = SegmentationSession(ThresholdModel(), volume)
+    result = session.propagate("K", {14: SlicePrompt(box=box_from_mask(obj[14]))}, "forward", frange=(10, 17))
+    assert sorted(result.outcomes) == list(range(14, 18))
+    mask = result.to_volume(volume.array.shape)
+    assert mask[14:18].any(axis=(1, 2)).all() and not mask[:14].any() and not mask[18:].any()
+
+
+def test_correction_recomputes_only_what_can_change_and_keeps_prompted_slices():
+    volume, obj = blob_volume()
+    model = ThresholdModel()
+    session = SegmentationSession(model, volume)
+    first = {14: SlicePrompt(box=box_from_mask(obj[14]))}
+    r1 = session.propagate("K", first, "both")
+    assert sorted(r1.recomputed) == list(range(7, 22))  # the model ran on the object and one slice past each end
+    # the user adds a prompt on slice 18 that deliberately segments only part of the object there
+    partial = obj[18].copy()
+    partial[:, :30] = False
+    second = dict(first)
+    second[18] = SlicePrompt(box=box_from_mask(partial))
+    r2 = session.propagate("K", second, "both")
+    # slices nearer to 14 than to 18 (and everything below 14) come from the unchanged chains: reused
+    reused = set(r2.outcomes) - set(r2.recomputed)
+    assert set(range(0, 17)) <= reused
+    # recomputed: the new seed and the slices it now owns (17, and 19 upwards until the object ends)
+    assert set(r2.recomputed) == {17, 18, 19, 20, 21}
+    # the prompted slice keeps its prompted result, not what propagation from 14 would have given
+    np.testing.assert_array_equal(r2.outcomes[18].mask, obj[18] & (np.arange(64)[None, :] >= 30))
+    assert r2.outcomes[18].source == "prompt"
+    # removing the correction gives back the first result without recomputing anything
+    r3 = session.propagate("K", first, "both")
+    assert r3.recomputed == []
+    np.testing.assert_array_equal(r3.to_volume(obj.shape), r1.to_volume(obj.shape))
+
+
+def test_cancel_stops_before_next_slice():
+    volume, obj = blob_volume()
+    session = SegmentationSession(ThresholdModel(), volume)
+    seen = []
+
+    def stop() -> bool:
+        return len(seen) >= 3
+
+    with pytest.raises(PropagationCancelled):
+        session.propagate("K", {14: SlicePrompt(box=box_from_mask(obj[14]))}, "both",
+                          on_slice=lambda o: seen.append(o.index), should_stop=stop)
+    assert len(seen) == 3
