@@ -19,7 +19,7 @@ BOX_PER_SLICE_FLOOR = {"lung2": 0.84, "t2": 0.885, "brain1": 0.85, "liver": 0.90
 ONE_BOX_FLOOR = {"lung2": 0.78, "t2": 0.92, "brain1": 0.60, "liver": 0.90}
 
 
-def _run(name: str, prompts: dict, tmp_path) -> tuple[float, np.ndarray]:
+def _run(name: str, prompts, tmp_path) -> tuple[float, np.ndarray, np.ndarray]:
     folder, image, label, value, axis = CASES[name]
     image_path = shared_case(folder, image)
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_case(folder, label))))
@@ -30,13 +30,23 @@ def _run(name: str, prompts: dict, tmp_path) -> tuple[float, np.ndarray]:
                  "--device", "cpu"])
     assert code == 0
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
-    return dice(pred, ref), ref
+    return dice(pred, ref), ref, pred
+
+
+def _slices_past_reference(ref: np.ndarray, pred: np.ndarray, axis: str) -> tuple[int, int]:
+    """Predicted slices before the reference's first and after its last labelled slice (along ``axis``)."""
+    other = tuple(a for a in (0, 1, 2) if a != {"K": 0, "J": 1, "I": 2}[axis])
+    ref_idx = np.flatnonzero(ref.any(axis=other))
+    pred_idx = np.flatnonzero(pred.any(axis=other))
+    if pred_idx.size == 0:
+        return 0, 0
+    return int(max(0, ref_idx[0] - pred_idx[0])), int(max(0, pred_idx[-1] - ref_idx[-1]))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_box_per_slice_beats_filled_box(name, tmp_path):
-    d, ref = _run(name, box_per_slice_prompts, tmp_path)
+    d, ref, _ = _run(name, box_per_slice_prompts, tmp_path)
     trivial = box_filled_dice(ref, CASES[name][4])
     print(f"\n{name}: box-per-slice Dice {d:.3f} (filled reference box {trivial:.3f})")
     assert d > trivial
@@ -46,6 +56,7 @@ def test_box_per_slice_beats_filled_box(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_one_box_propagation(name, tmp_path):
-    d, _ = _run(name, one_box_prompts, tmp_path)
-    print(f"\n{name}: one box + propagation Dice {d:.3f}")
+    d, ref, pred = _run(name, one_box_prompts, tmp_path)
+    before, after = _slices_past_reference(ref, pred, CASES[name][4])
+    print(f"\n{name}: one box + propagation Dice {d:.3f}; slices past the reference: {before} before, {after} after")
     assert d >= ONE_BOX_FLOOR[name]

@@ -103,3 +103,18 @@ def test_cancel_stops_before_next_slice():
         session.propagate("K", {14: SlicePrompt(box=box_from_mask(obj[14]))}, "both",
                           on_slice=lambda o: seen.append(o.index), should_stop=stop)
     assert len(seen) == 3
+
+
+def test_chain_stops_where_the_box_slides_onto_another_tissue():
+    from SAMSegmentLib.windowing import Window
+
+    volume, obj = blob_volume()
+    # beyond the object's last slice, a neighbouring structure of another intensity sits in the same place
+    other = np.zeros_like(obj)
+    other[21:26] = obj[20]
+    volume.array[other] = 600
+    model = ThresholdModel()  # segments anything brighter than mid-grey: it would follow the other structure
+    session = SegmentationSession(model, volume, window=Window(0, 1000))
+    result = session.propagate("K", {14: SlicePrompt(box=box_from_mask(obj[14]))}, "both")
+    np.testing.assert_array_equal(result.to_volume(obj.shape), obj)
+    assert "intensities" in (result.outcomes[21].stopped or "")
