@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Segment a chest CT that ships with a dependency from one box, propagate, "
                           "and write a .seg.nrrd plus an overlay PNG; prints Dice and time.")
     demo.add_argument("-o", "--output", default="demo-output", help="output folder (default ./demo-output)")
+    demo.add_argument("--segment", default="right lung",
+                      help="shipped segment to reproduce: 'right lung' (default), 'left lung', 'ribs', 'tissue', "
+                      "'cervical vertebral column', 'thoracic vertebral column', 'lumbar vertebral column'")
+    demo.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET",
+                      help="intensity window (default ct-lung)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(demo)
     return parser

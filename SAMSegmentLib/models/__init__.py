@@ -1,14 +1,21 @@
-"""Model families behind one interface (base.SliceModel), the registry, and the loader."""
+"""Model families behind one interface (base.SliceModel), the registry, and the loader.
+
+Importing this package does not import torch (the Slicer layer lists models before PyTorch is installed);
+torch loads with the first model or with the base classes, which are resolved lazily.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .base import Decoded, Embedding, ModelCapabilities, SliceModel
 from .registry import DEFAULT_MODEL, MODELS, ModelSpec, UnknownModelError, family_module, get_spec
+
+if TYPE_CHECKING:
+    import torch
+
+    from .base import SliceModel
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +38,17 @@ class MissingPackageError(RuntimeError):
     """A model family needs a package that is not installed."""
 
 
+def __getattr__(name: str) -> Any:
+    if name in ("Decoded", "Embedding", "ModelCapabilities", "SliceModel"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
+
+
 def choose_device(requested: str | None = None) -> torch.device:
     """cuda, then mps, then cpu, unless ``requested`` names one (``auto`` or None picks)."""
+    import torch
     if requested and requested != "auto":
         dev = torch.device(requested)
         if dev.type == "cuda" and not torch.cuda.is_available():

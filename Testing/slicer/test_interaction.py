@@ -1,4 +1,4 @@
-"""View -> voxel geometry and prompt editing (SAMSegment/SAMSegmentInteraction.py).
+"""View -> voxel geometry and prompt editing (SAMSegment/SAMSegmentEffectLib/interaction.py).
 
 Slice views are built the way Slicer builds them (SliceToRAS of the Axial / Sagittal / Coronal presets, patient right
 on screen left, times the XY-to-slice scaling), for RAS, LPS and oblique volumes with anisotropic voxels; where
@@ -12,12 +12,13 @@ import math
 
 import numpy as np
 import pytest
-from SAMSegmentInteraction import (
+from SAMSegmentEffectLib.interaction import (
     Gesture,
     GestureTracker,
     ObliqueViewError,
     OutsideVolumeError,
     PromptStore,
+    glyph_segments,
     ijk_to_slice_xy,
     resolve_slice_view,
     slice_xy_to_ijk,
@@ -238,7 +239,9 @@ def test_matches_slicer_geometry(slicer_app, scene, volume):
         if volume != "oblique":
             assert sv.axis == EXPECTED_AXIS[layout]
         assert sv.index == logic.GetSliceIndexFromOffset(logic.GetSliceOffset(), vol) - 1
-        for xy in [(200, 150), (37, 251), (390, 12)]:
+        rows, cols = sv.slice_shape
+        for fx, fy in [(0.1, 0.2), (0.5, 0.5), (0.93, 0.71), (0.3, 0.98)]:
+            xy = sv.view_xy((fx * (cols - 1) + 0.3, fy * (rows - 1) - 0.2))  # pixel showing that in-slice point
             ours = np.floor(sv.ijk(xy) + 0.5).astype(int)
             theirs = [0, 0, 0]
             slicer.vtkSlicerSegmentEditorLogic.XyToIjk([float(v) for v in xy], theirs, node, oriented)
@@ -328,3 +331,24 @@ def test_prompt_store_with_seed_masks_and_gestures():
     assert sorted(prompts) == [4, 9]
     assert prompts[9].mask is seed and len(prompts[9].points) == 0 and prompts[9].box is None
     assert prompts[4].mask is None
+
+
+def test_glyph_segments():
+    store = PromptStore()
+    to_view = lambda xy: np.asarray(xy, dtype=float) * 10  # noqa: E731
+    segments, colors = glyph_segments(store, "K", 1, to_view)
+    assert segments.shape == (0, 2, 2) and colors.shape == (0, 3)
+    store.add_point("K", 1, (2, 3))
+    store.add_point("K", 1, (5, 5), include=False)
+    store.set_box("K", 1, (1, 1), (4, 6))
+    segments, colors = glyph_segments(store, "K", 1, to_view, size_px=6, rubber_band=((0, 0), (30, 40)))
+    assert segments.shape[1:] == (2, 2) and len(colors) == len(segments)
+    green = segments[(colors == (0.2, 1.0, 0.2)).all(axis=1)]
+    red = segments[(colors == (1.0, 0.25, 0.25)).all(axis=1)]
+    yellow = segments[(colors == (1.0, 0.85, 0.0)).all(axis=1)]
+    assert len(green) == len(red) == 12 + 2 and len(yellow) == 8
+    np.testing.assert_allclose(green.reshape(-1, 2).mean(axis=0), (20, 30), atol=1e-6)  # centred on the point
+    assert np.abs(green.reshape(-1, 2) - (20, 30)).max() == pytest.approx(6)
+    box = yellow[:4].reshape(-1, 2)  # the box's outer edge, half a voxel outside its corner voxels
+    np.testing.assert_allclose([box[:, 0].min(), box[:, 0].max(), box[:, 1].min(), box[:, 1].max()], [5, 45, 5, 65])
+    assert glyph_segments(store, "K", 2, to_view)[0].shape[0] == 0  # other slices show nothing

@@ -35,6 +35,7 @@ __all__ = [
     "PromptStore",
     "SliceView",
     "ViewGeometryError",
+    "glyph_segments",
     "ijk_to_slice_xy",
     "resolve_slice_view",
     "slice_xy_to_ijk",
@@ -368,3 +369,59 @@ class PromptStore:
             if prompt is not None:
                 out[index] = prompt
         return out
+
+
+# --------------------------------------------------------------------------------------------------- drawing
+
+INCLUDE_COLOR = (0.2, 1.0, 0.2)
+EXCLUDE_COLOR = (1.0, 0.25, 0.25)
+BOX_COLOR = (1.0, 0.85, 0.0)
+
+
+def glyph_segments(store: PromptStore, axis: str, index: int, to_view_xy, size_px: float = 6.0,
+                   rubber_band=None) -> tuple[np.ndarray, np.ndarray]:
+    """Line segments [N, 2, 2] in view pixels and their colours [N, 3] (0..1) that draw a slice's prompts.
+
+    Include points: green '+' in a circle; exclude points: red 'x' in a circle; the slice's current box: yellow
+    rectangle. ``to_view_xy`` maps slice coordinates [M, 2] to view pixels; ``rubber_band`` ((x0, y0), (x1, y1)) in
+    view pixels adds the box being dragged.
+    """
+    segments: list[np.ndarray] = []
+    colors: list[tuple[float, float, float]] = []
+    circle = np.array([[math.cos(a), math.sin(a)] for a in np.linspace(0, 2 * math.pi, 13)]) * size_px
+
+    def polyline(points, color):
+        points = np.asarray(points, dtype=float)
+        for a, b in zip(points[:-1], points[1:], strict=True):
+            segments.append(np.stack([a, b]))
+            colors.append(color)
+
+    def rectangle(a, b, color):
+        (x0, y0), (x1, y1) = a, b
+        polyline([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)], color)
+
+    points, labels = store.points(axis, index)
+    if len(points):
+        centres = np.asarray(to_view_xy(points), dtype=float).reshape(-1, 2)
+        for (cx, cy), label in zip(centres, labels, strict=True):
+            color = INCLUDE_COLOR if label == 1 else EXCLUDE_COLOR
+            polyline(circle + (cx, cy), color)
+            d = size_px * 0.6
+            if label == 1:
+                polyline([(cx - d, cy), (cx + d, cy)], color)
+                polyline([(cx, cy - d), (cx, cy + d)], color)
+            else:
+                polyline([(cx - d, cy - d), (cx + d, cy + d)], color)
+                polyline([(cx - d, cy + d), (cx + d, cy - d)], color)
+    box = store.box(axis, index)
+    if box is not None:
+        # the box's corners are voxel centres; draw its outer edge (half a voxel out)
+        corners = np.array([[box[0] - 0.5, box[1] - 0.5], [box[2] + 0.5, box[1] - 0.5],
+                            [box[2] + 0.5, box[3] + 0.5], [box[0] - 0.5, box[3] + 0.5]])
+        view = np.asarray(to_view_xy(corners), dtype=float).reshape(-1, 2)
+        polyline(np.vstack([view, view[:1]]), BOX_COLOR)
+    if rubber_band is not None:
+        rectangle(rubber_band[0], rubber_band[1], BOX_COLOR)
+    if not segments:
+        return np.zeros((0, 2, 2)), np.zeros((0, 3))
+    return np.stack(segments), np.asarray(colors, dtype=float)

@@ -1,0 +1,360 @@
+"""SAMSegment: Segment Anything models (LiteMedSAM, SAM, MedSAM, SAM 2.1, MedSAM2) in Slicer's Segment Editor.
+
+This scripted module
+- registers the "Segment Anything" Segment Editor effect when Slicer has started,
+- keeps the user's settings (model, device, embedding cache budget, weights folder) in Slicer's settings,
+- installs what a model needs on first use, on the main thread: PyTorch through the PyTorch extension
+  (PyTorchUtils), the other Python packages with slicer.util.pip_install after one confirmation listing them, and
+  the weights with a progress dialog whose Cancel stops the download (it resumes next time),
+- shows a small settings panel.
+
+All model work happens in the effect, on SAMSegmentLib's worker thread; see
+SegmentEditorSegmentAnythingLib/SegmentEditorEffect.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+EFFECT_NAME = "Segment Anything"
+SETTINGS_PREFIX = "SAMSegment/"
+_LAUNCH_WEIGHTS_DIR = os.environ.get("SAMSEGMENT_WEIGHTS_DIR", "")
+DEVICES = [("auto", "Automatic (CUDA, then Apple MPS, then CPU)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"),
+           ("mps", "Apple GPU (MPS)")]
+
+
+# --------------------------------------------------------------------------------------------------- settings
+
+
+class SAMSegmentSettings:
+    """User preferences in Slicer's settings (qt.QSettings), shared by the module panel and the effect."""
+
+    DEFAULTS = {"Model": "litemedsam", "Device": "auto", "CacheMB": 512, "WeightsDir": ""}
+
+    @staticmethod
+    def get(key: str):
+        default = SAMSegmentSettings.DEFAULTS[key]
+        value = qt.QSettings().value(SETTINGS_PREFIX + key, default)
+        if isinstance(default, int):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return default
+        return str(value) if value is not None else default
+
+    @staticmethod
+    def set(key: str, value) -> None:
+        qt.QSettings().setValue(SETTINGS_PREFIX + key, value)
+        if key == "WeightsDir":
+            SAMSegmentSettings.applyWeightsDir()
+
+    @staticmethod
+    def applyWeightsDir() -> None:
+        """The engine reads the weights folder from SAMSEGMENT_WEIGHTS_DIR: the setting wins; when it is empty,
+        the value Slicer was started with (if any) applies, else the engine's default cache folder."""
+        folder = SAMSegmentSettings.get("WeightsDir")
+        if folder:
+            os.environ["SAMSEGMENT_WEIGHTS_DIR"] = folder
+        elif _LAUNCH_WEIGHTS_DIR:
+            os.environ["SAMSEGMENT_WEIGHTS_DIR"] = _LAUNCH_WEIGHTS_DIR
+        else:
+            os.environ.pop("SAMSEGMENT_WEIGHTS_DIR", None)
+
+
+# --------------------------------------------------------------------------------------------------- module
+
+
+def registerEditorEffect() -> bool:
+    """Register the Segment Anything effect with the Segment Editor (returns False if it already is)."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    path = os.path.join(os.path.dirname(__file__), "SegmentEditorSegmentAnythingLib", "SegmentEditorEffect.py")
+    instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+    instance.setPythonSource(path.replace("\\", "/"))
+    return bool(instance.self().register())
+
+
+class SAMSegment(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SAM Segment"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["SAMSegment developers"]
+        self.parent.helpText = (
+            "Segment Anything models (LiteMedSAM, SAM, MedSAM, SAM 2.1, MedSAM2) as a Segment Editor effect: "
+            "click or draw a box on any slice view, see the mask at once, apply it, and propagate it through the "
+            "volume in the background. Open the Segment Editor and choose <b>Segment Anything</b>. This panel holds "
+            "the settings; the first use of a model installs what it needs (with your confirmation)."
+        )
+        self.parent.acknowledgementText = (
+            "Models: Segment Anything and SAM 2 (Meta AI, Apache-2.0); MedSAM, LiteMedSAM and MedSAM2 (Bo Wang lab; "
+            "MedSAM2 weights CC-BY-SA-4.0). Their licenses apply to their weights."
+        )
+        SAMSegmentSettings.applyWeightsDir()
+        slicer.app.connect("startupCompleted()", registerEditorEffect)
+
+
+# --------------------------------------------------------------------------------------------------- logic
+
+
+class SAMSegmentLogic(ScriptedLoadableModuleLogic):
+    """Installs packages and weights for a model. Main thread only (pip must run there; see DESIGN.md)."""
+
+    def status(self, modelName: str):
+        from SAMSegmentEffectLib.controller import model_status
+
+        return model_status(modelName)
+
+    def prepareModel(self, modelName: str, parent=None) -> bool:
+        """Make ``modelName`` runnable: install its packages, then its weights. Returns True when ready."""
+        status = self.status(modelName)
+        if status.state == "needs-package":
+            if not self.installPackages(status, parent):
+                return False
+            status = self.status(modelName)
+        if status.state == "manual":
+            slicer.util.errorDisplay(
+                f"The {modelName} weights cannot be downloaded automatically: {status.detail}.", parent=parent)
+            return False
+        if status.state == "download":
+            if self.downloadWeights(modelName, parent) is None:
+                return False
+            status = self.status(modelName)
+        return status.state == "ready"
+
+    def installPackages(self, status, parent=None) -> bool:
+        """PyTorch through the PyTorch extension, the rest with pip_install, after one confirmation."""
+        from SAMSegmentEffectLib.controller import TORCH_REQUIREMENT, models
+
+        packages = list(status.packages)
+        lines = (["PyTorch (installed by the PyTorch extension, which picks the build for your GPU)"]
+                 if status.needs_torch else []) + packages
+        if not lines:
+            return True
+        if not slicer.app.commandOptions().testingEnabled:
+            text = (f"The model {status.name} needs these Python packages, which will be downloaded and installed "
+                    f"into Slicer's Python now (this can take several minutes):\n\n- " + "\n- ".join(lines)
+                    + "\n\nInstall them?")
+            if not slicer.util.confirmOkCancelDisplay(text, windowTitle="SAMSegment: install packages",
+                                                      parent=parent):
+                return False
+        family = models()[status.name].family
+        try:
+            with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
+                if status.needs_torch:
+                    try:
+                        import PyTorchUtils
+                    except ModuleNotFoundError:
+                        slicer.util.errorDisplay(
+                            "SAMSegment needs the PyTorch extension: install it from the Extensions Manager, "
+                            "restart Slicer and try again.", parent=parent)
+                        return False
+                    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                        askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT.get(family))
+                    if torch is None:
+                        return False
+                if packages:
+                    if family == "sam2":
+                        os.environ["SAM2_BUILD_CUDA"] = "0"  # sam2 builds from source; skip its optional CUDA ops
+                    slicer.util.pip_install(packages + ["--constraint", self._torchConstraints()]
+                                            + (["--no-build-isolation"] if family == "sam2" else []))
+        except Exception:  # already shown by tryWithErrorDisplay
+            logging.exception("SAMSegment: package installation failed")
+            return False
+        return True
+
+    @staticmethod
+    def _torchConstraints() -> str:
+        """A pip constraints file pinning the installed torch and torchvision, so that no package replaces the
+        build the PyTorch extension chose (e.g. a CUDA build by a CPU wheel)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        lines = []
+        for name in ("torch", "torchvision"):
+            try:
+                lines.append(f"{name}=={version(name)}")
+            except PackageNotFoundError:
+                pass
+        handle, path = tempfile.mkstemp(prefix="samsegment-constraints-", suffix=".txt")
+        with os.fdopen(handle, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        return path
+
+    def downloadWeights(self, modelName: str, parent=None):
+        """Download and verify the weights with a progress dialog; returns their path, or None (cancel/failure).
+
+        The download runs on a Python thread; a QTimer on the main thread moves the progress bar and a local event
+        loop keeps Slicer responsive until it ends (the dialog is window-modal). Cancel stops it within one chunk
+        and keeps the partial file, which the next attempt resumes.
+        """
+        from SAMSegmentEffectLib.controller import models
+
+        from SAMSegmentLib.models.checkpoints import DownloadCancelled, WeightsError, ensure_weights
+
+        spec = models()[modelName]
+        state = {"done": 0, "total": spec.size_bytes, "stop": False, "path": None, "error": None}
+
+        def work():
+            try:
+                state["path"] = ensure_weights(
+                    spec, progress=lambda d, t: state.update(done=d, total=t or spec.size_bytes),
+                    should_stop=lambda: state["stop"])
+            except DownloadCancelled:
+                state["error"] = None
+            except WeightsError as exc:
+                state["error"] = str(exc)
+            except Exception as exc:  # shown to the user below
+                logging.exception("weights download failed")
+                state["error"] = f"{type(exc).__name__}: {exc}"
+
+        dialog = qt.QProgressDialog(f"Downloading the {modelName} weights...", "Cancel", 0, 1000,
+                                    parent or slicer.util.mainWindow())
+        dialog.windowTitle = "SAMSegment"
+        dialog.setWindowModality(qt.Qt.WindowModal)
+        dialog.minimumDuration = 0
+        dialog.value = 0
+        loop = qt.QEventLoop()
+        timer = qt.QTimer()
+        timer.setInterval(100)
+        thread = threading.Thread(target=work, name="SAMSegment-weights", daemon=True)
+
+        def tick():
+            if dialog.wasCanceled:
+                state["stop"] = True
+            done, total = state["done"], state["total"]
+            if total:
+                dialog.setValue(int(1000 * min(done, total) / total))
+                dialog.setLabelText(f"Downloading the {modelName} weights: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB")
+            if not thread.is_alive():
+                timer.stop()
+                loop.quit()
+
+        timer.connect("timeout()", tick)
+        thread.start()
+        timer.start()
+        loop.exec_()
+        dialog.close()
+        if state["error"]:
+            slicer.util.errorDisplay(state["error"], windowTitle="SAMSegment: weights download failed", parent=parent)
+        return state["path"]
+
+
+# --------------------------------------------------------------------------------------------------- widget
+
+
+class SAMSegmentWidget(ScriptedLoadableModuleWidget):
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        import ctk
+
+        self.logic = SAMSegmentLogic()
+        box = ctk.ctkCollapsibleButton()
+        box.text = "Settings"
+        self.layout.addWidget(box)
+        form = qt.QFormLayout(box)
+
+        self.modelCombo = qt.QComboBox()
+        self.modelCombo.toolTip = "Model used by the Segment Anything effect (status in brackets)."
+        form.addRow("Model:", self.modelCombo)
+        self.deviceCombo = qt.QComboBox()
+        for key, text in DEVICES:
+            self.deviceCombo.addItem(text, key)
+        form.addRow("Device:", self.deviceCombo)
+        self.cacheSpin = qt.QSpinBox()
+        self.cacheSpin.setRange(64, 65536)
+        self.cacheSpin.setSuffix(" MB")
+        self.cacheSpin.toolTip = "Memory for cached slice embeddings (more = fewer recomputations when you go back)."
+        form.addRow("Embedding cache:", self.cacheSpin)
+        self.weightsDir = ctk.ctkPathLineEdit()
+        self.weightsDir.filters = ctk.ctkPathLineEdit.Dirs
+        self.weightsDir.toolTip = "Folder for downloaded weights (empty: the default cache folder)."
+        form.addRow("Weights folder:", self.weightsDir)
+        self.prepareButton = qt.QPushButton("Install / download for this model")
+        form.addRow(self.prepareButton)
+        self.statusLabel = qt.QLabel()
+        self.statusLabel.wordWrap = True
+        form.addRow(self.statusLabel)
+
+        hint = qt.QLabel(
+            "Use: Segment Editor > <b>Segment Anything</b>. Self-test: enable Developer mode and click "
+            "<i>Reload and Test</i>, or run <tt>Slicer --no-main-window --python-script "
+            "Testing/Python/SAMSegmentSelfTest.py</tt> from the source tree.")
+        hint.wordWrap = True
+        self.layout.addWidget(hint)
+        self.layout.addStretch(1)
+
+        self.refresh()
+        self.modelCombo.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.deviceCombo.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.cacheSpin.connect("valueChanged(int)", lambda v: SAMSegmentSettings.set("CacheMB", int(v)))
+        self.weightsDir.connect("currentPathChanged(QString)", self.onWeightsDirChanged)
+        self.prepareButton.connect("clicked()", self.onPrepare)
+
+    def refresh(self):
+        from SAMSegmentEffectLib.controller import models
+
+        current = SAMSegmentSettings.get("Model")
+        widgets = (self.modelCombo, self.deviceCombo, self.cacheSpin, self.weightsDir)
+        blocked = [w.blockSignals(True) for w in widgets]
+        self.modelCombo.clear()
+        for name in models():
+            self.modelCombo.addItem(self.logic.status(name).label, name)
+        self.modelCombo.setCurrentIndex(max(0, self.modelCombo.findData(current)))
+        self.deviceCombo.setCurrentIndex(max(0, self.deviceCombo.findData(SAMSegmentSettings.get("Device"))))
+        self.cacheSpin.value = SAMSegmentSettings.get("CacheMB")
+        self.weightsDir.currentPath = SAMSegmentSettings.get("WeightsDir")
+        for w, b in zip(widgets, blocked, strict=True):
+            w.blockSignals(b)
+        status = self.logic.status(current)
+        self.statusLabel.text = f"{status.label}: {status.detail}" if status.detail else status.label
+
+    def onModelChanged(self, index):
+        SAMSegmentSettings.set("Model", self.modelCombo.itemData(index))
+        self.refresh()
+
+    def onDeviceChanged(self, index):
+        SAMSegmentSettings.set("Device", self.deviceCombo.itemData(index))
+
+    def onWeightsDirChanged(self, path):
+        SAMSegmentSettings.set("WeightsDir", path)
+        self.refresh()
+
+    def onPrepare(self):
+        name = SAMSegmentSettings.get("Model")
+        if self.logic.prepareModel(name, slicer.util.mainWindow()):
+            slicer.util.showStatusMessage(f"{name} is ready", 3000)
+        self.refresh()
+
+
+# --------------------------------------------------------------------------------------------------- test
+
+
+class SAMSegmentTest(ScriptedLoadableModuleTest):
+    """Runs Testing/Python/SAMSegmentSelfTest.py (present in the source tree, not in installed packages)."""
+
+    def runTest(self):
+        import importlib
+        import sys
+
+        folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Testing", "Python")
+        if not os.path.isfile(os.path.join(folder, "SAMSegmentSelfTest.py")):
+            self.delayDisplay("SAMSegmentSelfTest.py is only in the source tree; nothing to run here")
+            return
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        module = importlib.import_module("SAMSegmentSelfTest")
+        test = module.SAMSegmentSelfTest()
+        test.runTest()

@@ -1,0 +1,687 @@
+"""The "Segment Anything" Segment Editor effect: a thin shell around tested, Qt-free modules.
+
+- SAMSegmentEffectLib.interaction: which voxel slice a view shows (oblique views refused), clicks/drags -> prompts per slice
+- SAMSegmentEffectLib.controller: the one worker thread (all torch work), preview / prefetch / propagate jobs, their events
+- SAMSegmentEffectLib.bridge: masks <-> segments through the editor's modify-by-labelmap path (masking, overwrite, undo)
+
+Keys (chosen to avoid the Segment Editor's own shortcuts: Escape, Space, z, y, i, q, w, digits, punctuation, and the
+slice views' b, f, g, r, t, v and arrows):
+  left click = include point, Shift+click = exclude point, left drag = box,
+  Enter = apply, p = propagate, BackSpace or x = remove the slice's last prompt, Delete = clear the slice's prompts.
+Escape keeps its Segment Editor meaning (leave the effect); an unapplied preview is then discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from SAMSegmentEffectLib.bridge import (
+    BridgeError,
+    EffectEditor,
+    PreviewLayer,
+    VolumeGeometry,
+    read_segment_slice,
+    write_slices,
+)
+from SAMSegmentEffectLib.controller import SegmentAnythingController, model_status, models
+from SAMSegmentEffectLib.interaction import (
+    GestureTracker,
+    PromptStore,
+    ViewGeometryError,
+    glyph_segments,
+    resolve_slice_view,
+)
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+POLL_MS = 40
+PREFETCH_OFFSETS = (0, 1, -1, 2, -2)
+DIRECTIONS = [("both", "Both directions"), ("forward", "Increasing slice index"),
+              ("backward", "Decreasing slice index")]
+WRITE_MODES = [("replace", "Replace the slice"), ("add", "Add to the segment")]
+HELP = """<html>Segment with Segment Anything models (LiteMedSAM, SAM, MedSAM, SAM 2.1, MedSAM2).<br>
+<p><ul style="margin: 0">
+<li><b>Left-click</b>: include point. <b>Shift+left-click</b>: exclude point. <b>Left-drag</b>: box.</li>
+<li>The predicted mask appears on the slice at once (yellow); add prompts to correct it.</li>
+<li><b>Enter</b>: apply the preview to the selected segment (one undo step).</li>
+<li><b>p</b>: propagate from the prompted slices through the volume; results appear as they arrive and are written
+as one undo step when done. Correct any slice with new prompts and propagate again.</li>
+<li><b>BackSpace</b> or <b>x</b>: remove the slice's last prompt. <b>Delete</b>: clear the slice's prompts.</li>
+<li><b>Refine existing segment</b>: where the selected segment already covers a slice, it seeds the prompt, and
+propagation can start from it.</li>
+</ul><p>Works on slice views aligned with the source volume's voxel grid (rotated views are refused).
+Editable area, intensity masking and overwrite settings apply as in other effects.</html>"""
+
+
+def _matrix(vtk_matrix) -> np.ndarray:
+    return slicer.util.arrayFromVTKMatrix(vtk_matrix)
+
+
+class PromptPipeline:
+    """2D actor drawing one slice view's prompts as coloured line segments."""
+
+    def __init__(self):
+        self.polyData = vtk.vtkPolyData()
+        mapper = vtk.vtkPolyDataMapper2D()
+        mapper.SetInputData(self.polyData)
+        mapper.SetScalarModeToUseCellData()
+        self.actor = vtk.vtkActor2D()
+        self.actor.SetMapper(mapper)
+        self.actor.GetProperty().SetLineWidth(2)
+
+    def update(self, segments: np.ndarray, colors: np.ndarray):
+        points = vtk.vtkPoints()
+        lines = vtk.vtkCellArray()
+        scalars = vtk.vtkUnsignedCharArray()
+        scalars.SetNumberOfComponents(3)
+        for (a, b), color in zip(segments, colors, strict=True):
+            ia = points.InsertNextPoint(a[0], a[1], 0.0)
+            ib = points.InsertNextPoint(b[0], b[1], 0.0)
+            line = vtk.vtkLine()
+            line.GetPointIds().SetId(0, ia)
+            line.GetPointIds().SetId(1, ib)
+            lines.InsertNextCell(line)
+            scalars.InsertNextTuple3(*(int(255 * c) for c in color))
+        self.polyData.SetPoints(points)
+        self.polyData.SetLines(lines)
+        self.polyData.GetCellData().SetScalars(scalars)
+        self.polyData.Modified()
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Segment Anything: prompts on slice views -> masks from SAM-family models -> the selected segment."""
+
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "Segment Anything"  # not translated: modules find effects by name
+        scriptedEffect.title = "Segment Anything"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self.prompts = PromptStore()
+        self.gestures = {}  # slice widget -> GestureTracker
+        self.pipelines = {}  # slice widget -> PromptPipeline
+        self.lastSlice = {}  # slice widget -> (axis, index) last seen, for prefetching
+        self.controller = None
+        self.previewLayer = None
+        self.geometry = None  # VolumeGeometry of the source volume in the segmentation's frame
+        self.volumeKey = None
+        self.modelReady = False
+        self.activeAxis = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        path = os.path.join(os.path.dirname(__file__), "SegmentEditorEffect.png")
+        return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
+
+    def helpText(self):
+        return HELP
+
+    # ------------------------------------------------------------------------------------------- options panel
+
+    def setupOptionsFrame(self):
+        from SAMSegment import DEVICES, SAMSegmentSettings
+
+        self.settings = SAMSegmentSettings
+        self.modelCombo = qt.QComboBox()
+        self.modelCombo.toolTip = "Model (its status in brackets). Changing it keeps your prompts."
+        self.scriptedEffect.addLabeledOptionsWidget("Model:", self.modelCombo)
+        self.deviceCombo = qt.QComboBox()
+        for key, text in DEVICES:
+            self.deviceCombo.addItem(text, key)
+        self.scriptedEffect.addLabeledOptionsWidget("Device:", self.deviceCombo)
+
+        self.refineCheck = qt.QCheckBox("Refine existing segment")
+        self.refineCheck.toolTip = ("Where the selected segment already covers a slice, use it as a mask prompt; "
+                                    "propagation can then start from the slice you are viewing.")
+        self.writeModeCombo = qt.QComboBox()
+        for key, text in WRITE_MODES:
+            self.writeModeCombo.addItem(text, key)
+        self.writeModeCombo.toolTip = "Replace: the slice becomes the prediction. Add: the prediction is added."
+        row = qt.QHBoxLayout()
+        row.addWidget(self.refineCheck)
+        row.addWidget(self.writeModeCombo)
+        self.scriptedEffect.addOptionsWidget(row)
+
+        self.directionCombo = qt.QComboBox()
+        for key, text in DIRECTIONS:
+            self.directionCombo.addItem(text, key)
+        self.wholeRangeCheck = qt.QCheckBox("whole volume")
+        self.wholeRangeCheck.checked = True
+        self.rangeFrom = qt.QSpinBox()
+        self.rangeTo = qt.QSpinBox()
+        for spin in (self.rangeFrom, self.rangeTo):
+            spin.setRange(0, 9999)
+            spin.enabled = False
+        row = qt.QHBoxLayout()
+        row.addWidget(self.directionCombo)
+        row.addWidget(self.wholeRangeCheck)
+        row.addWidget(qt.QLabel("from"))
+        row.addWidget(self.rangeFrom)
+        row.addWidget(qt.QLabel("to"))
+        row.addWidget(self.rangeTo)
+        self.scriptedEffect.addLabeledOptionsWidget("Propagate:", row)
+
+        self.applyButton = qt.QPushButton("Apply (Enter)")
+        self.applyButton.objectName = self.__class__.__name__ + "Apply"
+        self.applyButton.toolTip = "Write the previewed slices into the selected segment (one undo step)."
+        self.propagateButton = qt.QPushButton("Propagate (p)")
+        self.propagateButton.objectName = self.__class__.__name__ + "Propagate"
+        self.cancelButton = qt.QPushButton("Cancel")
+        self.cancelButton.enabled = False
+        self.clearButton = qt.QPushButton("Clear all")
+        self.clearButton.toolTip = "Forget all prompts and discard the preview."
+        row = qt.QHBoxLayout()
+        for button in (self.applyButton, self.propagateButton, self.cancelButton, self.clearButton):
+            row.addWidget(button)
+        self.scriptedEffect.addOptionsWidget(row)
+
+        self.progressBar = qt.QProgressBar()
+        self.progressBar.visible = False
+        self.scriptedEffect.addOptionsWidget(self.progressBar)
+        self.statusLabel = qt.QLabel()
+        self.statusLabel.wordWrap = True
+        self.scriptedEffect.addOptionsWidget(self.statusLabel)
+        keys = qt.QLabel("<small>Click: include &nbsp; Shift+click: exclude &nbsp; drag: box &nbsp; Enter: apply "
+                         "&nbsp; p: propagate &nbsp; BackSpace/x: undo prompt &nbsp; Delete: clear slice "
+                         "&nbsp; Esc: leave the effect</small>")
+        keys.wordWrap = True
+        self.scriptedEffect.addOptionsWidget(keys)
+
+        self.modelCombo.connect("activated(int)", self.onModelSelected)
+        self.deviceCombo.connect("activated(int)", self.onDeviceSelected)
+        for widget, signal in ((self.refineCheck, "toggled(bool)"), (self.wholeRangeCheck, "toggled(bool)"),
+                               (self.directionCombo, "currentIndexChanged(int)"),
+                               (self.writeModeCombo, "currentIndexChanged(int)"),
+                               (self.rangeFrom, "valueChanged(int)"), (self.rangeTo, "valueChanged(int)")):
+            widget.connect(signal, self.updateMRMLFromGUI)
+        self.applyButton.connect("clicked()", self.onApply)
+        self.propagateButton.connect("clicked()", self.onPropagate)
+        self.cancelButton.connect("clicked()", self.onCancel)
+        self.clearButton.connect("clicked()", self.onClearAll)
+
+    def setMRMLDefaults(self):
+        self.scriptedEffect.setParameterDefault("Refine", 0)
+        self.scriptedEffect.setParameterDefault("WriteMode", "replace")
+        self.scriptedEffect.setParameterDefault("Direction", "both")
+        self.scriptedEffect.setParameterDefault("WholeRange", 1)
+        self.scriptedEffect.setParameterDefault("RangeFrom", 0)
+        self.scriptedEffect.setParameterDefault("RangeTo", 9999)
+
+    def updateGUIFromMRML(self):
+        widgets = (self.refineCheck, self.writeModeCombo, self.directionCombo, self.wholeRangeCheck,
+                   self.rangeFrom, self.rangeTo, self.modelCombo, self.deviceCombo)
+        blocked = [w.blockSignals(True) for w in widgets]
+        self.refineCheck.checked = self.scriptedEffect.integerParameter("Refine") != 0
+        self.writeModeCombo.setCurrentIndex(max(0, self.writeModeCombo.findData(self.scriptedEffect.parameter("WriteMode"))))
+        self.directionCombo.setCurrentIndex(max(0, self.directionCombo.findData(self.scriptedEffect.parameter("Direction"))))
+        whole = self.scriptedEffect.integerParameter("WholeRange") != 0
+        self.wholeRangeCheck.checked = whole
+        self.rangeFrom.value = self.scriptedEffect.integerParameter("RangeFrom")
+        self.rangeTo.value = self.scriptedEffect.integerParameter("RangeTo")
+        self.rangeFrom.enabled = self.rangeTo.enabled = not whole
+        if self.modelCombo.count == 0:
+            self.refreshModelCombo()
+        self.modelCombo.setCurrentIndex(max(0, self.modelCombo.findData(self.settings.get("Model"))))
+        self.deviceCombo.setCurrentIndex(max(0, self.deviceCombo.findData(self.settings.get("Device"))))
+        for w, b in zip(widgets, blocked, strict=True):
+            w.blockSignals(b)
+        self.updateButtons()
+
+    def updateMRMLFromGUI(self, *unused):
+        self.scriptedEffect.setParameter("Refine", 1 if self.refineCheck.checked else 0)
+        self.scriptedEffect.setParameter("WriteMode", self.writeModeCombo.itemData(self.writeModeCombo.currentIndex))
+        self.scriptedEffect.setParameter("Direction", self.directionCombo.itemData(self.directionCombo.currentIndex))
+        self.scriptedEffect.setParameter("WholeRange", 1 if self.wholeRangeCheck.checked else 0)
+        self.scriptedEffect.setParameter("RangeFrom", self.rangeFrom.value)
+        self.scriptedEffect.setParameter("RangeTo", self.rangeTo.value)
+        self.rangeFrom.enabled = self.rangeTo.enabled = not self.wholeRangeCheck.checked
+
+    def refreshModelCombo(self):
+        current = self.settings.get("Model")
+        self.modelCombo.clear()
+        try:
+            names = list(models())
+        except Exception as exc:  # the registry is plain Python; a failure here is a broken install
+            self.setStatus(f"Cannot list the models: {exc}", error=True)
+            return
+        for name in names:
+            self.modelCombo.addItem(model_status(name).label, name)
+        self.modelCombo.setCurrentIndex(max(0, self.modelCombo.findData(current)))
+
+    def updateButtons(self):
+        propagating = self.controller is not None and self.controller.propagating
+        hasPreview = self.previewLayer is not None and len(self.previewLayer) > 0
+        self.applyButton.enabled = hasPreview and not propagating
+        self.propagateButton.enabled = not propagating
+        self.cancelButton.enabled = propagating
+        self.progressBar.visible = propagating
+
+    def setStatus(self, text, error=False):
+        self.statusLabel.text = text
+        self.statusLabel.setStyleSheet("color: #d04030" if error else "")
+        if error:
+            logging.warning("Segment Anything: %s", text)
+
+    # ------------------------------------------------------------------------------------------- life cycle
+
+    def activate(self):
+        if self.controller is None:
+            self.controller = SegmentAnythingController()
+        self.modelReady = False
+        self.refreshModelCombo()
+        self.timer.start()
+        self.setStatus("Click on a slice to add an include point, drag to draw a box.")
+        self.redrawAll()
+
+    def deactivate(self):
+        self.timer.stop()
+        if self.controller is not None:
+            self.controller.cancel_all(forget=True)
+        for sliceWidget, pipeline in self.pipelines.items():
+            self.scriptedEffect.removeActor2D(sliceWidget, pipeline.actor)
+        self.pipelines = {}
+        self.gestures = {}
+        self.removePreview()
+
+    def cleanup(self):
+        self.deactivate()
+        if self.controller is not None:
+            self.controller.shutdown()
+            self.controller = None
+
+    def sourceVolumeNodeChanged(self):
+        self.prompts.clear()  # prompts are in the old volume's voxels
+        self.resetVolume()
+
+    def referenceGeometryChanged(self):
+        self.resetVolume()
+
+    def resetVolume(self):
+        self.geometry = None
+        self.volumeKey = None
+        self.removePreview()
+        self.redrawAll()
+
+    def removePreview(self):
+        if self.previewLayer is not None:
+            self.previewLayer.remove()
+            self.previewLayer = None
+        if hasattr(self, "applyButton"):
+            self.updateButtons()
+
+    # ------------------------------------------------------------------------------------------- model and volume
+
+    def onModelSelected(self, index):
+        self.settings.set("Model", self.modelCombo.itemData(index))
+        self.modelReady = False
+
+    def onDeviceSelected(self, index):
+        self.settings.set("Device", self.deviceCombo.itemData(index))
+        self.modelReady = False
+
+    def ensureModel(self) -> bool:
+        """Install / download what the chosen model needs (with the user's confirmation), then configure."""
+        if self.modelReady:
+            return True
+        from SAMSegment import SAMSegmentLogic
+
+        name = self.settings.get("Model")
+        if model_status(name).state != "ready":
+            self.setStatus(f"Preparing {name}...")
+            if not SAMSegmentLogic().prepareModel(name, slicer.util.mainWindow()):
+                self.setStatus(f"{name} is not ready: choose another model or install what it needs.", error=True)
+                self.refreshModelCombo()
+                return False
+            self.refreshModelCombo()
+        self.controller.configure(name, self.settings.get("Device"), self.settings.get("CacheMB"))
+        if not self.ensureVolume():
+            return False
+        self.controller.load()
+        self.setStatus(f"Loading {name}...")
+        self.modelReady = True
+        return True
+
+    def ensureVolume(self) -> bool:
+        """Source volume -> controller (array view, no copy) and bridge geometry; False with a message if absent.
+
+        The engine's volume is rebuilt (embeddings recomputed) only when the voxels or the voxel geometry change; the
+        bridge geometry also follows parent transforms.
+        """
+        parameterNode = self.scriptedEffect.parameterSetNode()
+        volumeNode = parameterNode.GetSourceVolumeNode() if parameterNode else None
+        segmentationNode = parameterNode.GetSegmentationNode() if parameterNode else None
+        if volumeNode is None or volumeNode.GetImageData() is None or segmentationNode is None:
+            self.setStatus("Select a segmentation and a source volume.", error=True)
+            return False
+        try:
+            geometry = VolumeGeometry.from_volume_node(volumeNode, segmentationNode)
+        except BridgeError as exc:
+            self.setStatus(str(exc), error=True)
+            return False
+        ijkToRas = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        ijkToRas = _matrix(ijkToRas)
+        key = (volumeNode.GetID(), volumeNode.GetImageData().GetMTime(), tuple(np.round(ijkToRas, 6).ravel()))
+        if key != self.volumeKey:
+            array = slicer.util.arrayFromVolume(volumeNode)
+            if array.ndim == 4:  # multi-component: first component, as the Segment Editor does
+                array = array[..., 0]
+            if self.volumeKey is not None and key[0] != self.volumeKey[0]:
+                self.prompts.clear()
+            self.controller.set_volume(array, ijkToRas, key)
+            self.volumeKey = key
+            self.geometry = None
+        if (self.geometry is None or self.geometry.size_ijk != geometry.size_ijk
+                or not np.allclose(self.geometry.ijk_to_world, geometry.ijk_to_world, atol=1e-6)):
+            self.geometry = geometry
+            self.removePreview()
+        return True
+
+    def ensurePreview(self):
+        if self.previewLayer is None or self.previewLayer.node is None or self.previewLayer.node.GetScene() is None:
+            segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+            transform = segmentationNode.GetTransformNodeID() if segmentationNode else None
+            self.previewLayer = PreviewLayer(slicer.mrmlScene, self.geometry, parent_transform_id=transform)
+        return self.previewLayer
+
+    # ------------------------------------------------------------------------------------------- views
+
+    def sliceView(self, sliceWidget, quiet=False):
+        """The SliceView (axis, index, pixel -> voxel) of a slice widget, or None with a message."""
+        if self.geometry is None and not self.ensureVolume():
+            return None
+        sliceNode = sliceWidget.sliceLogic().GetSliceNode()
+        if sliceNode.GetLayoutGridRows() * sliceNode.GetLayoutGridColumns() > 1:
+            if not quiet:
+                self.setStatus("Light box views are not supported: use a single-slice view.", error=True)
+            return None
+        volumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        ijkToRas = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(ijkToRas)
+        toWorld = vtk.vtkMatrix4x4()
+        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(volumeNode.GetParentTransformNode(), None, toWorld)
+        ijkToWorld = _matrix(toWorld) @ _matrix(ijkToRas)
+        name = f"The {sliceNode.GetLayoutName() or sliceNode.GetName()} view"
+        try:
+            return resolve_slice_view(_matrix(sliceNode.GetXYToRAS()), ijkToWorld, self.geometry.size_ijk, name)
+        except ViewGeometryError as exc:
+            if not quiet:
+                self.setStatus(str(exc), error=True)
+            return None
+
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if viewWidget.className() != "qMRMLSliceWidget" or self.controller is None:
+            return False
+        tracker = self.gestures.setdefault(viewWidget, GestureTracker())
+        xy = callerInteractor.GetEventPosition()
+
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            if callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+                return False
+            return tracker.press(xy, shift=bool(callerInteractor.GetShiftKey()))
+        if eventId == vtk.vtkCommand.MouseMoveEvent and tracker.active:
+            band = tracker.move(xy)
+            if band is not None:
+                self.redraw(viewWidget, rubberBand=band)
+                return True
+            return False
+        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and tracker.active:
+            gesture = tracker.release(xy)
+            if gesture is None:
+                self.redraw(viewWidget)
+                return False
+            self.onGesture(viewWidget, gesture)
+            return not gesture.shift
+        if eventId == vtk.vtkCommand.LeftButtonDoubleClickEvent:
+            return True  # not "maximize view" while prompting
+        if eventId == vtk.vtkCommand.KeyPressEvent:
+            return self.onKey(viewWidget, callerInteractor.GetKeySym())
+        return False
+
+    def onGesture(self, viewWidget, gesture):
+        if not self.ensureVolume():
+            return
+        view = self.sliceView(viewWidget)
+        if view is None:
+            return
+        start = view.slice_xy(gesture.start)
+        if not view.contains(start) or (gesture.kind == "drag" and not view.contains(view.slice_xy(gesture.end))):
+            self.setStatus("The prompt is outside the volume: click inside the image.", error=True)
+            self.redraw(viewWidget)
+            return
+        if not self.ensureModel():
+            return
+        self.prompts.apply_gesture(view.axis, view.index, gesture, view.slice_xy)
+        self.activeAxis = view.axis
+        self.redraw(viewWidget)
+        self.requestPreview(view.axis, view.index)
+
+    def onKey(self, viewWidget, key) -> bool:
+        if key in ("Return", "KP_Enter"):
+            self.onApply()
+            return True
+        if key == "p":
+            self.onPropagate(viewWidget)
+            return True
+        if key in ("BackSpace", "x", "Delete"):
+            view = self.sliceView(viewWidget)
+            if view is None:
+                return True
+            if key == "Delete":
+                self.prompts.clear_slice(view.axis, view.index)
+            else:
+                self.prompts.remove_last(view.axis, view.index)
+            self.redraw(viewWidget)
+            self.requestPreview(view.axis, view.index)
+            return True
+        return False
+
+    def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
+        """Slice moved, panned or zoomed: redraw the prompts there and prefetch embeddings around the new slice."""
+        if not callerViewNode or not callerViewNode.IsA("vtkMRMLSliceNode"):
+            return
+        self.redraw(viewWidget)
+        if not self.modelReady or self.controller is None:
+            return
+        view = self.sliceView(viewWidget, quiet=True)
+        if view is None:
+            return
+        where = (view.axis, view.index)
+        if self.lastSlice.get(viewWidget) != where:
+            self.lastSlice[viewWidget] = where
+            n = self.geometry.size_ijk["IJK".index(view.axis)]
+            self.controller.prefetch(view.axis, [view.index + d for d in PREFETCH_OFFSETS if 0 <= view.index + d < n])
+
+    def redrawAll(self):
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        for name in layoutManager.sliceViewNames():
+            self.redraw(layoutManager.sliceWidget(name))
+
+    def redraw(self, sliceWidget, rubberBand=None):
+        if sliceWidget is None or self.geometry is None:
+            return
+        pipeline = self.pipelines.get(sliceWidget)
+        if pipeline is None:
+            pipeline = PromptPipeline()
+            self.scriptedEffect.addActor2D(sliceWidget, pipeline.actor)
+            self.pipelines[sliceWidget] = pipeline
+        view = self.sliceView(sliceWidget, quiet=True)
+        if view is None:
+            segments, colors = np.zeros((0, 2, 2)), np.zeros((0, 3))
+        else:
+            segments, colors = glyph_segments(self.prompts, view.axis, view.index, view.view_xy,
+                                              rubber_band=rubberBand)
+        pipeline.update(segments, colors)
+        sliceWidget.sliceView().scheduleRender()
+
+    # ------------------------------------------------------------------------------------------- prompts -> jobs
+
+    def refineMask(self, axis, index):
+        """The selected segment on a slice when Refine is on and it covers the slice, else None."""
+        if self.scriptedEffect.integerParameter("Refine") == 0:
+            return None
+        parameterNode = self.scriptedEffect.parameterSetNode()
+        segmentId = parameterNode.GetSelectedSegmentID()
+        if not segmentId:
+            return None
+        try:
+            mask = read_segment_slice(parameterNode.GetSegmentationNode(), segmentId, self.geometry, axis, index)
+        except BridgeError:
+            return None
+        return mask if mask.any() else None
+
+    def requestPreview(self, axis, index):
+        prompt = self.prompts.slice_prompt(axis, index, self.refineMask(axis, index))
+        if prompt is None or not prompt.has_include:
+            if self.previewLayer is not None:
+                self.previewLayer.clear_slice(axis, index)
+                self.updateButtons()
+            if prompt is not None:
+                self.setStatus("Add an include point or a box: exclude points alone do not select anything.")
+            return
+        self.controller.preview(axis, index, prompt)
+
+    def onPropagate(self, viewWidget=None):
+        if self.controller is None or self.controller.propagating:
+            return
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():
+            return
+        if not self.ensureModel():
+            return
+        axis = self.activeAxis
+        current = None
+        if viewWidget is not None:
+            current = self.sliceView(viewWidget, quiet=True)
+            axis = current.axis if current is not None else axis
+        if axis is None:
+            axes = self.prompts.axes()
+            axis = axes[0] if axes else None
+        if axis is None:
+            self.setStatus("Add prompts on a slice first (click or draw a box), then propagate.", error=True)
+            return
+        masks = {}
+        for index in self.prompts.indices(axis):
+            mask = self.refineMask(axis, index)
+            if mask is not None:
+                masks[index] = mask
+        if current is not None and current.axis == axis and current.index not in masks:
+            seed = self.refineMask(axis, current.index)
+            if seed is not None:
+                masks[current.index] = seed  # refine: propagate from the existing segment on this slice
+        prompts = {i: p for i, p in self.prompts.slice_prompts(axis, masks).items() if p.has_include}
+        if not prompts:
+            self.setStatus(f"No slice along {axis} has an include prompt to propagate from.", error=True)
+            return
+        n = self.geometry.size_ijk["IJK".index(axis)]
+        frange = None
+        if self.scriptedEffect.integerParameter("WholeRange") == 0:
+            lo = max(0, min(self.scriptedEffect.integerParameter("RangeFrom"), n - 1))
+            hi = max(0, min(self.scriptedEffect.integerParameter("RangeTo"), n - 1))
+            frange = (min(lo, hi), max(lo, hi))
+        self.controller.propagate(axis, prompts, self.scriptedEffect.parameter("Direction") or "both", frange)
+        self.progressBar.setRange(0, 0)
+        self.setStatus(f"Propagating along {axis} from {len(prompts)} slice(s)...")
+        self.updateButtons()
+
+    def onCancel(self):
+        if self.controller is not None:
+            self.controller.cancel_propagation()
+
+    def onClearAll(self):
+        if self.controller is not None:
+            self.controller.cancel_all(forget=True)
+        self.prompts.clear()
+        if self.previewLayer is not None:
+            self.previewLayer.clear()
+        self.redrawAll()
+        self.updateButtons()
+        self.setStatus("Cleared.")
+
+    # ------------------------------------------------------------------------------------------- results
+
+    def onPoll(self):
+        if self.controller is None:
+            return
+        for event in self.controller.poll():
+            try:
+                self.handleEvent(event)
+            except Exception as exc:  # never let the timer die with a traceback
+                logging.exception("Segment Anything: handling %s failed", event.kind)
+                self.setStatus(f"{type(exc).__name__}: {exc}", error=True)
+        self.updateButtons()
+
+    def handleEvent(self, event):
+        if event.kind == "status":
+            self.setStatus(event.message)
+        elif event.kind in ("preview", "outcome"):
+            if self.geometry is not None:
+                self.ensurePreview().set_slice(event.axis, event.index, event.mask)
+            if event.kind == "preview":
+                self.setStatus(f"Slice {event.index} ({event.axis}): predicted IoU {event.score:.2f}. "
+                               f"Enter applies, p propagates.")
+        elif event.kind == "progress":
+            self.progressBar.setRange(0, max(event.total, 1))
+            self.progressBar.setValue(event.done)
+        elif event.kind == "propagated":
+            result = event.result
+            slices = [(result.axis, i, o.mask) for i, o in sorted(result.outcomes.items())]
+            self.writeSlices(slices, f"Propagated along {result.axis} over {len(slices)} slices")
+        elif event.kind == "cancelled":
+            kept = len(self.previewLayer) if self.previewLayer is not None else 0
+            self.setStatus(f"Propagation cancelled; {kept} slice(s) are in the preview: Apply (Enter) keeps them, "
+                           f"Clear all discards them.")
+        elif event.kind == "error":
+            self.setStatus(event.message, error=True)
+            if event.job in ("propagate", "load"):
+                slicer.util.errorDisplay(event.message, windowTitle="Segment Anything")
+                if event.job == "load":
+                    self.modelReady = False
+
+    def onApply(self):
+        if self.previewLayer is None or len(self.previewLayer) == 0:
+            self.setStatus("Nothing to apply: add prompts on a slice first.")
+            return
+        if self.controller is not None and self.controller.propagating:
+            self.setStatus("Wait for the propagation to finish, or cancel it.", error=True)
+            return
+        if not self.scriptedEffect.confirmCurrentSegmentVisible():
+            return
+        if not self.ensureVolume() or self.previewLayer is None:  # the volume changed: the preview is gone
+            return
+        self.writeSlices(self.previewLayer.slices(), "Applied")
+
+    def writeSlices(self, slices, what):
+        """Write (axis, index, mask) slices into the selected segment as one undo step; clear them from the preview."""
+        mode = self.scriptedEffect.parameter("WriteMode") or "replace"
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            result = write_slices(EffectEditor(self.scriptedEffect), self.geometry, slices, mode=mode)
+        except Exception as exc:
+            logging.exception("Segment Anything: writing the segment failed")
+            message = str(exc) if isinstance(exc, BridgeError) else f"{type(exc).__name__}: {exc}"
+            self.setStatus(f"Writing the segment failed: {message}", error=True)
+            slicer.util.errorDisplay(f"Writing the segment failed: {message}", windowTitle="Segment Anything")
+            return
+        finally:
+            slicer.app.restoreOverrideCursor()
+        if self.previewLayer is not None:
+            for axis, index, _ in slices:
+                self.previewLayer.clear_slice(axis, index)
+        self.setStatus(f"{what}: {result.added} voxels added, {result.removed} removed (before masking)."
+                       if result.changed else f"{what}: the segment already matched.")
+        self.updateButtons()
