@@ -15,9 +15,10 @@ Protocols (prompts derived from the reference = union of the chosen label values
     component's 2D boundary on that slice. It includes (label 1) for a false negative and excludes (label 0)
     for a false positive. On a slice that already has a prompt, the click joins it (the box stays). On a new
     slice the prompt is the click plus a box: the bounding box of the current prediction on that slice, or, where
-    the prediction there is empty, of the nearest slice with a prediction, grown to contain an include click
-    (LiteMedSAM was trained on boxes and behaves poorly on a lone point). Only when nothing is predicted anywhere
-    is the click used alone. A pixel already clicked is not clicked again (the next best pixel or component is).
+    the prediction there is empty, of the nearest slice with a prediction, grown by ``BOX_MARGIN`` (as chaining
+    prompts a next slice) and to contain an include click (LiteMedSAM was trained on boxes and behaves poorly on a lone point). Only when nothing is predicted anywhere
+    is the click used alone. No click lands within ``AVOID_RADIUS`` voxels of an earlier click on the same slice
+    (a click the model ignored is not repeated next to itself; the next best pixel, slice or component is used).
     ``dice_per_click`` lists the Dice after the initial box and after each click (N + 1 values); when nothing is
     left to correct, the remaining entries repeat the last Dice.
 
@@ -61,6 +62,8 @@ from .windowing import Window
 log = logging.getLogger(__name__)
 
 CASE_KEYS = ("case", "dice", "nsd_1mm", "nsd_2mm", "hd95_mm", "seconds")
+AVOID_RADIUS = 3.0  # voxels around an earlier click (same slice) where the next click may not land
+BOX_MARGIN = (0.05, 2.0)  # a new slice's box grows by this fraction of its side, and at least this many voxels
 
 
 class EvaluationError(ValueError):
@@ -191,7 +194,8 @@ def next_click(prediction: np.ndarray, reference: np.ndarray, axis: str, spacing
                avoid: set[tuple[int, int, int]] | None = None) -> Click | None:
     """The next corrective click (see the module docstring), or None when prediction equals the reference.
 
-    ``spacing_ijk`` is the voxel size in mm along I, J, K; ``avoid`` holds (index, x, y) already clicked.
+    ``spacing_ijk`` is the voxel size in mm along I, J, K; ``avoid`` holds (index, x, y) already clicked: no
+    click within ``AVOID_RADIUS`` voxels of those on the same slice.
     """
     axis = axis.upper()
     avoid = avoid or set()
@@ -217,20 +221,17 @@ def next_click(prediction: np.ndarray, reference: np.ndarray, axis: str, spacing
             outside = ~np.pad(region, 1, constant_values=False)  # the slice edge counts as boundary
             depth = distance_transform(outside, in_plane_mm)[1:-1, 1:-1]
             depth[~region] = -1.0
-            for y, x in avoid_positions(avoid, int(index)):
-                if 0 <= y < depth.shape[0] and 0 <= x < depth.shape[1]:
-                    depth[y, x] = -1.0
+            earlier = [(x, y) for (i, x, y) in avoid if i == int(index)]
+            if earlier:
+                rows, cols = np.mgrid[: depth.shape[0], : depth.shape[1]]
+                for x, y in earlier:
+                    depth[(cols - x) ** 2 + (rows - y) ** 2 <= AVOID_RADIUS**2] = -1.0
             flat = int(np.argmax(depth))
             if depth.flat[flat] <= 0:
                 continue
             y, x = divmod(flat, depth.shape[1])
             return Click(int(index), int(x), int(y), 1 if order == 0 else 0, -neg_size, float(depth.flat[flat]))
     return None
-
-
-def avoid_positions(avoid: set[tuple[int, int, int]], index: int) -> list[tuple[int, int]]:
-    """(y, x) of the already-clicked pixels on slice ``index``."""
-    return [(y, x) for (i, x, y) in avoid if i == index]
 
 
 def add_click(prompts: dict[int, SlicePrompt], click: Click, prediction: np.ndarray, axis: str
@@ -248,9 +249,14 @@ def add_click(prompts: dict[int, SlicePrompt], click: Click, prediction: np.ndar
         if predicted.size:
             nearest = int(predicted[np.argmin(np.abs(predicted - click.index))])
             box = box_from_mask(extract_slice(prediction, axis, nearest))
-    if box is not None and click.label == 1:
-        box = np.array([min(box[0], click.x), min(box[1], click.y), max(box[2], click.x), max(box[3], click.y)],
-                       dtype=float)
+    if box is not None:
+        rows, cols = extract_slice(prediction, axis, click.index).shape
+        fraction, least = BOX_MARGIN
+        mx, my = max(least, fraction * (box[2] - box[0] + 1)), max(least, fraction * (box[3] - box[1] + 1))
+        box = np.array([max(0.0, box[0] - mx), max(0.0, box[1] - my), min(cols - 1.0, box[2] + mx),
+                        min(rows - 1.0, box[3] + my)])
+        if click.label == 1:
+            box = np.array([min(box[0], click.x), min(box[1], click.y), max(box[2], click.x), max(box[3], click.y)])
     if box is None and click.label == 0:
         return out  # an exclude click with nothing to exclude from cannot happen (a false positive is predicted)
     out[click.index] = SlicePrompt(points=point.points, labels=point.labels, box=box)

@@ -18,6 +18,7 @@ from conftest import shared_case
 from doubles import ThresholdModel
 
 from SAMSegmentLib.evaluation import (
+    AVOID_RADIUS,
     CASE_KEYS,
     Case,
     Click,
@@ -129,21 +130,21 @@ def test_jitter_is_seeded_bounded_and_valid():
 
 
 def test_next_click_targets_the_middle_of_the_largest_error():
-    ref = np.zeros((5, 30, 30), dtype=bool)
+    ref = np.zeros((5, 40, 40), dtype=bool)
     ref[1:4, 5:25, 5:25] = True
     pred = ref.copy()
     pred[1:4, 10:19, 10:19] = False  # a 3 x 9 x 9 hole (243 voxels): false negative
-    pred[2, 26:29, 26:29] = True  # 9 voxels of false positive
+    pred[2, 27:36, 27:36] = True  # 81 voxels of false positive
     click = next_click(pred, ref, "K", (1.0, 1.0, 1.0))
     assert (click.index, click.x, click.y, click.label, click.region_voxels) == (1, 14, 14, 1, 243)
     assert click.depth_mm == pytest.approx(5.0)  # the hole's 9 x 9 middle pixel is 5 pixels from outside it
     # with the hole filled, the false positive is next: an exclude click at its centre
     pred[1:4, 10:19, 10:19] = True
     click = next_click(pred, ref, "K", (1.0, 1.0, 1.0))
-    assert (click.index, click.x, click.y, click.label, click.region_voxels) == (2, 27, 27, 0, 9)
-    # a pixel already clicked is avoided
-    again = next_click(pred, ref, "K", (1.0, 1.0, 1.0), avoid={(2, 27, 27)})
-    assert again.label == 0 and (again.x, again.y) != (27, 27)
+    assert (click.index, click.x, click.y, click.label, click.region_voxels) == (2, 31, 31, 0, 81)
+    # no second click within AVOID_RADIUS voxels of an earlier one on that slice
+    again = next_click(pred, ref, "K", (1.0, 1.0, 1.0), avoid={(2, 31, 31)})
+    assert again.label == 0 and np.hypot(again.x - 31, again.y - 31) > AVOID_RADIUS
     assert next_click(ref, ref, "K", (1.0, 1.0, 1.0)) is None
 
 
@@ -166,10 +167,11 @@ def test_add_click_to_seed_slice_and_to_a_new_slice():
     np.testing.assert_array_equal(merged[2].box, [6, 5, 11, 9])
     assert merged[2].labels.tolist() == [0] and 2 in prompts and len(prompts[2].labels) == 0
     new = add_click(prompts, Click(3, 15, 7, 1, 10, 1.0), pred, "K")
-    np.testing.assert_array_equal(new[3].box, [6, 5, 15, 9])  # prediction's box on slice 3, grown to the click
+    # the prediction's box on slice 3, [6, 5, 11, 9], grown by the 2-voxel margin and to the click
+    np.testing.assert_array_equal(new[3].box, [4, 3, 15, 11])
     assert new[3].points.tolist() == [[15, 7]] and new[3].labels.tolist() == [1]
     far = add_click(prompts, Click(5, 7, 6, 1, 10, 1.0), pred, "K")  # nothing predicted on 5: nearest slice is 3
-    np.testing.assert_array_equal(far[5].box, [6, 5, 11, 9])
+    np.testing.assert_array_equal(far[5].box, [4, 3, 13, 11])
 
 
 # --- protocols with the stub model --------------------------------------------------------------------------------
