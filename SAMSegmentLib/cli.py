@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--jitter", type=float, default=0.0, help="box jitter, fraction of box size (default 0)")
     ev.add_argument("--seed", type=int, default=0, help="random seed for jitter")
     ev.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET", help="intensity window (default automatic)")
-    ev.add_argument("-o", "--output", required=True, help="output folder")
+    ev.add_argument("-o", "--output", required=True,
+                    help="output folder: report.json, report.md, prediction.nii.gz, overlay.png "
+                    "(with --cases: <case>/prediction.nii.gz and <case>/overlay.png)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(ev)
 
@@ -168,8 +170,9 @@ def cmd_segment(args) -> int:
     start = time.monotonic()
     mask = session.segment(request, progress=bar)
     out = write_labelmap(mask, volume, args.output)
-    n_slices = int(sum(1 for _ in range(mask.shape[0]) if mask[_].any()))
-    print(f"wrote {out} ({int(mask.sum())} voxels, {n_slices} axial slices with voxels) in "
+    other_axes = tuple(a for a in range(3) if a != {"K": 0, "J": 1, "I": 2}[request.axis])
+    n_slices = int(mask.any(axis=other_axes).sum())
+    print(f"wrote {out} ({int(mask.sum())} voxels on {n_slices} slices along {request.axis}) in "
           f"{time.monotonic() - start:.1f} s")
     return 0
 
