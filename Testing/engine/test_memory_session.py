@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("sam2")
 
 from SAMSegmentLib.models import load_model  # noqa: E402
+from SAMSegmentLib.prompts import SlicePrompt  # noqa: E402
 from SAMSegmentLib.propagation import PropagationCancelled  # noqa: E402
 from SAMSegmentLib.propagation.memory import FramePrompt, propagate_memory  # noqa: E402
-from SAMSegmentLib.prompts import SlicePrompt  # noqa: E402
 from SAMSegmentLib.session import SegmentationSession  # noqa: E402
 from SAMSegmentLib.slices import logits_to_voxel_grid  # noqa: E402
 from SAMSegmentLib.volume import Volume  # noqa: E402
