@@ -82,15 +82,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = [run(name, args.slices, args.prompts) for name in args.models.split(",")]
     print(f"\nCPU threads: {torch.get_num_threads()}, slices per model: {args.slices} (lung2, 224 x 224)")
-    header = ("model", "embed s fp32", "embed s bf16", "bf16/fp32", "p50 ms", "p95 ms", "p50 ms bf16",
-              "Dice fp32", "Dice bf16", "dDice", "bf16~fp32")
+    header = (
+        "model",
+        "embed s fp32",
+        "embed s bf16",
+        "bf16/fp32",
+        "p50 ms",
+        "p95 ms",
+        "p50 ms bf16",
+        "Dice fp32",
+        "Dice bf16",
+        "dDice",
+        "bf16~fp32",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        print(f"| {r['model']} | {r['embed_s_fp32']:.3f} | {r['embed_s_bf16']:.3f} | "
-              f"{r['embed_s_bf16'] / r['embed_s_fp32']:.2f} | {r['p50_ms_fp32']:.1f} | {r['p95_ms_fp32']:.1f} | "
-              f"{r['p50_ms_bf16']:.1f} | {r['dice_fp32']:.3f} | {r['dice_bf16']:.3f} | "
-              f"{r['dice_change_bf16']:+.4f} | {r['mask_agreement']:.3f} |")
+        print(
+            f"| {r['model']} | {r['embed_s_fp32']:.3f} | {r['embed_s_bf16']:.3f} | "
+            f"{r['embed_s_bf16'] / r['embed_s_fp32']:.2f} | {r['p50_ms_fp32']:.1f} | {r['p95_ms_fp32']:.1f} | "
+            f"{r['p50_ms_bf16']:.1f} | {r['dice_fp32']:.3f} | {r['dice_bf16']:.3f} | "
+            f"{r['dice_change_bf16']:+.4f} | {r['mask_agreement']:.3f} |"
+        )
     print("Dice columns are meaningful only for real weights (litemedsam); random models give timing only.")
 
 

@@ -154,7 +154,7 @@ def _write_jpegs(num_slices: int, folder: Path) -> None:
 def _run_child(args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child {args} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"benchmark child {args} failed with exit status {proc.returncode}:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
