@@ -22,7 +22,6 @@ later ROI's box wins). Transforms a markups node sits under in a Slicer scene ar
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from pathlib import Path
 
@@ -206,11 +205,7 @@ def markups_request(data: dict, volume: Volume, axis: str = "K", source: str = "
 
 def read_markups_request(path: str | Path, volume: Volume, axis: str = "K") -> SegmentationRequest:
     """Read a ``.mrk.json`` file into a request on ``volume`` (slices along ``axis``; propagate default both)."""
-    path = Path(path)
-    if not path.exists():
-        raise PromptError(f"markups file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PromptError(f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    return markups_request(data, volume, axis, source=path.name)
+    from .request import read_json_file
+
+    data = read_json_file(path, "markups file")
+    return markups_request(data, volume, axis, source=Path(path).name)

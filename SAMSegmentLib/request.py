@@ -94,15 +94,19 @@ def request_from_dict(data: dict) -> SegmentationRequest:
     return SegmentationRequest(axis=axis, prompts=prompts, propagate=propagate, range=rng)
 
 
-def read_prompts_json(path: str | Path) -> SegmentationRequest:
+def read_json_file(path: str | Path, what: str = "prompts file"):
+    """Parsed JSON content of a prompts/markups file; PromptError (one readable line) when missing or malformed."""
     path = Path(path)
     if not path.exists():
-        raise PromptError(f"prompts file not found: {path}")
+        raise PromptError(f"{what} not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise PromptError(f"{path.name} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    return request_from_dict(data)
+
+
+def read_prompts_json(path: str | Path) -> SegmentationRequest:
+    return request_from_dict(read_json_file(path))
 
 
 def _as_int(value, what: str) -> int:
