@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, nargs="+", default=[40, 160], help="slice counts")
     parser.add_argument("--configs", nargs="+", default=["ours", "stock"], choices=["ours", "stock"])
     parser.add_argument("--stock-max-track", type=int, default=None, help="frames per stock pass (default all)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="JSON-lines file: each finished run is appended, runs already in it are reused (resume a long benchmark)",
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -180,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     rows = []
+    done: dict[tuple, dict] = {}
+    if args.results is not None and args.results.exists():
+        for line in args.results.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["config"], r["image_size"], r["slices"], r.get("stock_max_track"))] = r
     with tempfile.TemporaryDirectory() as tmp:
         jpeg_dirs = {}
         if "stock" in args.configs:
@@ -197,7 +208,14 @@ def main(argv: list[str] | None = None) -> int:
                         str(jpeg_dirs[n]) if config == "stock" else "-",
                         str(args.stock_max_track) if config == "stock" and args.stock_max_track else "-",
                     ]
-                    row = _run_child(child_args)
+                    max_track = args.stock_max_track if config == "stock" else None
+                    row = done.get((config, size, n, max_track))
+                    if row is None:
+                        row = _run_child(child_args)
+                        row["stock_max_track"] = max_track
+                        if args.results is not None:
+                            with args.results.open("a") as f:
+                                f.write(json.dumps(row) + "\n")
                     rows.append(row)
                     print(
                         f"  {config} {size} px {n} slices: peak {row['peak_mb']:.0f} MB, {row['seconds']:.0f} s",
