@@ -55,7 +55,36 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET",
                      help="intensity window, e.g. 400,40 or ct-lung (default: automatic)")
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seg.add_argument("--engine", default=None, metavar="URL",
+                     help="run on the engine server at URL (started with 'samsegment serve') instead of in this "
+                     "process; the token comes from SAMSEGMENT_TOKEN or --token-file")
+    seg.add_argument("--token-file", default=None, help="file holding the engine server's access token")
     _add_model_args(seg)
+
+    serve = sub.add_parser(
+        "serve", help="run the engine as a server (for Slicer, or a shared GPU machine)",
+        description="Run the SAMSegment engine as an HTTP server: it holds the models, sessions and embedding "
+        "caches, and runs previews, prefetch and propagation for its clients (the Slicer extension, "
+        "'samsegment segment --engine URL'). It listens on 127.0.0.1 unless told otherwise; any other address "
+        "needs an access token.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
+                       "only; 0.0.0.0 for every interface, which needs a token)")
+    serve.add_argument("--port", type=int, default=0, help="TCP port (default 0: pick a free one and print it)")
+    serve.add_argument("--token-file", default=None,
+                       help="file whose first line is the access token clients must send (or set SAMSEGMENT_TOKEN)")
+    serve.add_argument("--device", default="auto", help="cuda, mps, cpu or auto for sessions that ask for 'auto'")
+    serve.add_argument("--backend", default="auto", help="auto, torch or openvino for sessions that ask for 'auto'")
+    serve.add_argument("--precision", default="auto", help="auto, fp32 or bf16 for sessions that ask for 'auto'")
+    serve.add_argument("--preload", action="append", default=[], metavar="MODEL",
+                       help="load this model at start (repeatable) so the first session opens at once")
+    serve.add_argument("--weights-dir", default=None, help="weights cache folder (default: SAMSEGMENT_WEIGHTS_DIR "
+                       "or ~/.cache/samsegment/weights)")
+    serve.add_argument("--max-upload-mb", type=int, default=4096, help="largest volume accepted, MB (default 4096)")
+    serve.add_argument("--tls-cert", default=None, help="TLS certificate (PEM) to serve https")
+    serve.add_argument("--tls-key", default=None, help="TLS private key (PEM) for --tls-cert")
+    serve.add_argument("--shared-dir", default=None, help=argparse.SUPPRESS)  # local child: volume files from here
+    serve.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)  # local child: readiness for the parent
+    serve.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
 
     models = sub.add_parser("models", help="list models and their weights; download or verify one",
                             description="List the models with the state of their weights (present, verified, size), "
@@ -152,9 +181,10 @@ def load_model_for(args):
 
 
 def cmd_segment(args) -> int:
+    from .engine.api import SessionSpec
     from .io import read_volume, write_labelmap
+    from .propagation.plan import PropagationResult
     from .request import read_prompts_json
-    from .session import SegmentationSession
 
     volume = read_volume(args.image)
     prompts_path = Path(args.prompts)
@@ -168,17 +198,66 @@ def cmd_segment(args) -> int:
         request.propagate = args.propagate
     request.validate(volume)
     window = parse_window(args.window, volume.array)
-    model = load_model_for(args)
-    session = SegmentationSession(model, volume, window=window)
+    spec = SessionSpec(model=args.model, device=args.device, backend=getattr(args, "backend", "auto"),
+                       precision=args.precision, window=None if window is None else (window.low, window.high))
+    engine = _engine_for(args)
     bar = ProgressBar(f"segment ({args.model})", enabled=not args.no_progress)
     start = time.monotonic()
-    mask = session.segment(request, progress=bar)
+    try:
+        session = engine.open_session(volume.array, volume.ijk_to_ras, spec)
+        result = PropagationResult(request.axis)
+
+        def on_event(event) -> None:
+            if event.kind == "progress":
+                bar(*event.value)
+            elif event.kind == "result":
+                result.outcomes[event.value.index] = event.value
+
+        session.propagate(request.axis, request.prompts, request.propagate, request.range).wait(on_event=on_event)
+    finally:
+        engine.close()
+    mask = result.to_volume(volume.array.shape)
     out = write_labelmap(mask, volume, args.output)
     other_axes = tuple(a for a in range(3) if a != {"K": 0, "J": 1, "I": 2}[request.axis])
     n_slices = int(mask.any(axis=other_axes).sum())
     print(f"wrote {out} ({int(mask.sum())} voxels on {n_slices} slices along {request.axis}) in "
           f"{time.monotonic() - start:.1f} s")
     return 0
+
+
+def _engine_for(args):
+    """The engine the segment command runs on: the server at --engine, else this process."""
+    if args.engine:
+        from .engine.client import RemoteEngine
+        from .engine.server import read_token
+
+        if args.weights:
+            raise CliError("--weights applies to this process only; the engine server loads its own weights")
+        return RemoteEngine(args.engine, token=read_token(args.token_file))
+    from .engine.api import SessionSpec
+    from .engine.local import InProcessEngine
+
+    def loader(spec: SessionSpec):
+        return load_model_for(args)
+
+    return InProcessEngine(model_loader=loader)
+
+
+def cmd_serve(args) -> int:
+    from .engine.api import SessionSpec
+    from .engine.core import EngineCore
+    from .engine.server import read_token, serve
+
+    if args.weights_dir:
+        os.environ["SAMSEGMENT_WEIGHTS_DIR"] = args.weights_dir
+    logging.getLogger("SAMSegmentLib").setLevel(logging.INFO)
+    token = read_token(args.token_file)
+    core = EngineCore(defaults=SessionSpec(device=args.device, backend=args.backend, precision=args.precision))
+    for name in args.preload:
+        core.model(SessionSpec(model=name))
+    return serve(host=args.host, port=args.port, token=token, core=core, shared_dir=args.shared_dir,
+                 ready_file=args.ready_file, exit_with_parent=args.exit_with_parent, tls_cert=args.tls_cert,
+                 tls_key=args.tls_key, max_upload_mb=args.max_upload_mb)
 
 
 def cmd_models(args) -> int:
@@ -228,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
-    handlers = {"segment": cmd_segment, "models": cmd_models, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    handlers = {"segment": cmd_segment, "models": cmd_models, "evaluate": cmd_evaluate, "demo": cmd_demo,
+                "serve": cmd_serve}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
@@ -243,12 +323,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_input_error(exc: BaseException) -> bool:
+    from .engine.client import BadRequest
     from .models import MissingPackageError
     from .models.registry import UnknownModelError
     from .prompts import PromptError
     from .volume import VolumeError
 
-    return isinstance(exc, (CliError, PromptError, VolumeError, UnknownModelError, MissingPackageError, FileNotFoundError))
+    return isinstance(exc, (CliError, PromptError, VolumeError, UnknownModelError, MissingPackageError, FileNotFoundError,
+                            BadRequest))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""What the Segment Anything effect asks of the engine, without Qt: one Worker, one session, jobs and their events.
+"""What the Segment Anything effect asks of the engine, without Qt: one engine session per volume and settings.
 
-The effect (Slicer's main thread) calls ``preview``, ``prefetch`` and ``propagate``; each submits a job to the single
-SAMSegmentLib Worker thread, which owns every torch call (model loading included). A short QTimer in the effect calls
-``poll()``, which turns the jobs' events into ``ControllerEvent``s to act on (show a preview, add a propagated slice,
-move the progress bar, report an error). Nothing here blocks: the main thread never waits for a model.
+The effect (Slicer's main thread) calls ``preview``, ``prefetch`` and ``propagate``; each returns at once with a
+request to the engine. No model code runs in Slicer's interpreter and no Python thread is started here: Slicer's main
+thread holds the GIL while idle, which would starve one (see DESIGN.md). The engine is another process (the local
+child that the module starts, or a shared server), reached through SAMSegmentLib's non-blocking client; a short
+QTimer in the effect calls ``poll()``, which moves the sockets along for at most ``poll_budget_s`` and turns the
+answers into ``ControllerEvent``s to act on (show a preview, add a propagated slice, move the progress bar, report
+an error).
 
-Importing this module does not import torch (Slicer loads the extension before PyTorch may be installed); the
-session and models are imported on the worker when the first job runs.
+Importing this module does not import torch (Slicer loads the extension before PyTorch may be installed).
 
 Model availability (``model_status``) is also here: which Python packages a model family needs, and whether its
 weights are on disk, downloadable, or must be fetched by hand.
@@ -16,20 +18,23 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from SAMSegmentLib.engine.api import Engine, EngineError, EngineSession, EngineUnavailable, Request, SessionSpec
+from SAMSegmentLib.models import registry
 from SAMSegmentLib.prompts import PromptError, SlicePrompt
-from SAMSegmentLib.volume import Volume, VolumeError
-from SAMSegmentLib.worker import Job, JobCancelled, Worker
+from SAMSegmentLib.volume import VolumeError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "litemedsam"  # also SAMSegmentLib.models.registry.DEFAULT_MODEL (importable only with torch)
+DEFAULT_MODEL = registry.DEFAULT_MODEL
 DEFAULT_CACHE_MB = 512
+POLL_BUDGET_S = 0.010  # the most a poll spends moving data (the main thread may block for at most 20 ms)
 
 # Python packages each model family needs: (import name, pip requirement). torch itself comes from the PyTorch
 # extension (PyTorchUtils), never from this list.
@@ -38,11 +43,14 @@ FAMILY_PACKAGES: dict[str, list[tuple[str, str]]] = {
     "sam": [("segment_anything", "segment-anything>=1.0")],
     "sam2": [("sam2", "sam2>=1.1.0")],
 }
-COMMON_PACKAGES: list[tuple[str, str]] = [("SimpleITK", "SimpleITK>=2.3")]
+# The engine process needs these too (its HTTP server); they install with the model's packages.
+COMMON_PACKAGES: list[tuple[str, str]] = [("SimpleITK", "SimpleITK>=2.3"), ("starlette", "starlette>=0.37"),
+                                          ("uvicorn", "uvicorn>=0.29"), ("h11", "h11>=0.14")]
 TORCH_REQUIREMENT = {"sam2": ">=2.5.1"}  # sam2 needs a recent torch; others accept what PyTorchUtils installs
 
 __all__ = [
     "ControllerEvent",
+    "EngineProvider",
     "ModelStatus",
     "SegmentAnythingController",
     "model_status",
@@ -60,35 +68,9 @@ def module_available(name: str) -> bool:
         return False
 
 
-def _registry():
-    """SAMSegmentLib.models.registry, also before PyTorch is installed.
-
-    The registry itself is plain Python, but importing it through its package runs SAMSegmentLib/models/__init__.py,
-    which imports torch; without torch the file is loaded on its own under a private name.
-    """
-    try:
-        from SAMSegmentLib.models import registry
-
-        return registry
-    except ImportError:
-        import sys
-        from pathlib import Path
-
-        name = "_samsegment_registry_without_torch"
-        if name not in sys.modules:
-            import SAMSegmentLib
-
-            path = Path(SAMSegmentLib.__file__).parent / "models" / "registry.py"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        return sys.modules[name]
-
-
 def models() -> dict[str, Any]:
-    """The engine's model registry: name -> ModelSpec (available without torch)."""
-    return _registry().MODELS
+    """The engine's model registry: name -> ModelSpec (plain Python: available before PyTorch is installed)."""
+    return registry.MODELS
 
 
 @dataclass(frozen=True)
@@ -122,7 +104,7 @@ class ModelStatus:
 
 def model_status(name: str, cache_dir=None) -> ModelStatus:
     """What model ``name`` needs before it can run (cheap: no torch import, no hashing)."""
-    spec = _registry().get_spec(name)
+    spec = registry.get_spec(name)
     missing = [req for mod, req in FAMILY_PACKAGES.get(spec.family, []) + COMMON_PACKAGES if not module_available(mod)]
     if not module_available("torch"):
         return ModelStatus(name, "needs-package", tuple(missing), True, spec.size_bytes,
@@ -143,11 +125,52 @@ def model_status(name: str, cache_dir=None) -> ModelStatus:
 
 def user_message(exc: BaseException) -> str:
     """A message a user can act on. The engine's exceptions (PromptError, VolumeError, WeightsError,
-    MissingPackageError, ...) are written for users; anything else is prefixed with its type."""
+    EngineError, ...) are written for users; anything else is prefixed with its type."""
     text = str(exc).strip() or type(exc).__name__
-    if type(exc).__module__.startswith("SAMSegmentLib") or isinstance(exc, (PromptError, VolumeError)):
-        return text
+    if type(exc).__module__.startswith("SAMSegmentLib") or isinstance(exc, (PromptError, VolumeError, EngineError)):
+        return text[:1].upper() + text[1:]
     return f"{type(exc).__name__}: {text}"
+
+
+class EngineProvider:
+    """Hands out one live engine, starting it on first use and again after it crashed.
+
+    ``make()`` builds an engine (the module: a LocalEngine child process, or a RemoteEngine for a server URL).
+    ``last_crash`` keeps the one-line reason the previous engine died, for the user.
+    """
+
+    def __init__(self, make: Callable[[], Engine]) -> None:
+        self._make = make
+        self._engine: Engine | None = None
+        self.last_crash: str | None = None
+        self.generation = 0
+
+    def get(self) -> Engine:
+        crash = self.crashed
+        if crash is not None:
+            self.last_crash = crash
+            self.reset()
+        if self._engine is None:
+            self._engine = self._make()
+            self.generation += 1
+        return self._engine
+
+    @property
+    def current(self) -> Engine | None:
+        return self._engine
+
+    @property
+    def crashed(self) -> str | None:
+        return getattr(self._engine, "crashed", None) if self._engine is not None else None
+
+    def reset(self) -> None:
+        """Close the current engine (the next ``get`` starts a new one)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:  # a dead engine may fail to close; it is gone either way
+                log.debug("closing the engine failed", exc_info=True)
 
 
 @dataclass
@@ -160,7 +183,9 @@ class ControllerEvent:
     - 'progress' (``done``, ``total``): propagation progress
     - 'propagated' (``axis``, ``result``: PropagationResult): propagation finished
     - 'cancelled' (``message``): propagation stopped by the user
-    - 'error' (``message``, ``job``: 'preview' / 'prefetch' / 'propagate' / 'load')
+    - 'error' (``message``, ``job``: 'preview' / 'prefetch' / 'propagate' / 'load' / 'engine')
+
+    ``ready_at`` is the engine's wall-clock time (``time.time()``) when a preview or propagation was ready.
     """
 
     kind: str
@@ -173,223 +198,249 @@ class ControllerEvent:
     message: str = ""
     job: str = ""
     result: Any = None
+    ready_at: float = 0.0
 
 
 @dataclass(frozen=True)
 class _Config:
     model: str
     device: str
-    cache_bytes: int
+    cache_mb: int
     window: tuple[float, float] | None
-    volume_key: Any
+    backend: str = "auto"
+    precision: str = "auto"
 
 
 @dataclass
 class _Tracked:
     kind: str
-    job: Job
+    request: Request
     axis: str | None = None
     index: int | None = None
     serial: int = 0
     extra: dict = field(default_factory=dict)
 
 
-def _default_session_factory(model_name: str, device: str, volume: Volume, window, cache_bytes: int, model=None):
-    """(model, session) for the engine; reuses ``model`` when given. Runs on the worker thread."""
-    from SAMSegmentLib.models import load_model
-    from SAMSegmentLib.session import SegmentationSession
-    from SAMSegmentLib.windowing import Window
-
-    if model is None:
-        model = load_model(model_name, device=None if device == "auto" else device)
-    win = Window(window[0], window[1], "display") if window is not None else None
-    return model, SegmentationSession(model, volume, window=win, cache_bytes=cache_bytes)
-
-
 class SegmentAnythingController:
-    """Owns the Worker and the session; the effect's only way to the engine."""
+    """The effect's only way to the engine: sessions, requests, and their events.
 
-    def __init__(self, worker: Worker | None = None,
-                 session_factory: Callable[..., tuple[Any, Any]] | None = None) -> None:
-        self.worker = worker or Worker()
-        self._owns_worker = worker is None
-        self._factory = session_factory or _default_session_factory
+    ``engine``: an EngineProvider, or a callable returning an Engine (wrapped in a provider), or None for a local
+    engine child process on this Python (``sys.executable``; Slicer passes its PythonSlicer).
+    """
+
+    def __init__(self, engine: EngineProvider | Callable[[], Engine] | None = None,
+                 poll_budget_s: float = POLL_BUDGET_S) -> None:
+        if engine is None:
+            from SAMSegmentLib.engine.child import LocalEngine
+
+            engine = EngineProvider(LocalEngine)
+            self._owns_provider = True
+        else:
+            self._owns_provider = not isinstance(engine, EngineProvider)
+            if not isinstance(engine, EngineProvider):
+                engine = EngineProvider(engine)
+        self.provider: EngineProvider = engine
+        self.poll_budget_s = poll_budget_s
         self._config: _Config | None = None
-        self._volume: Volume | None = None
+        self._array: np.ndarray | None = None
+        self._ijk_to_ras: np.ndarray | None = None
+        self._volume_key: Any = None
+        self._session: EngineSession | None = None
+        self._session_key: tuple | None = None
+        self._session_engine: Engine | None = None
         self._tracked: list[_Tracked] = []
         self._serial = 0
         self._latest_preview: dict[tuple[str, int], int] = {}
-        # worker-thread state (touched only inside jobs)
-        self._w_config: _Config | None = None
-        self._w_model = None
-        self._w_model_key: tuple[str, str] | None = None
-        self._w_session = None
+        self._pending_events: list[ControllerEvent] = []
+        self._reported_crash: str | None = None
+        self.poll_seconds: list[float] = []  # how long each poll took (tests and benchmarks read it)
 
     # ------------------------------------------------------------------------------------------- configuration
 
     def configure(self, model: str, device: str = "auto", cache_mb: int = DEFAULT_CACHE_MB,
-                  window: tuple[float, float] | None = None) -> None:
-        """Model, device ('auto', 'cpu', 'cuda', 'mps'), embedding cache budget and optional display window
-        (low, high). Takes effect with the next job; a changed model reloads, a changed window re-embeds."""
-        key = self._config.volume_key if self._config else None
-        self._config = _Config(model, device, int(cache_mb) * 1024 * 1024,
-                               None if window is None else (float(window[0]), float(window[1])), key)
+                  window: tuple[float, float] | None = None, backend: str = "auto", precision: str = "auto") -> None:
+        """Model, device ('auto', 'cpu', 'cuda', 'mps'), embedding cache budget (MiB), optional intensity window
+        (low, high), backend and precision. Takes effect with the next request; a change opens a new session
+        (the volume is not sent again)."""
+        self._config = _Config(model, device, int(cache_mb),
+                               None if window is None else (float(window[0]), float(window[1])), backend, precision)
 
     def set_volume(self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, key: Any) -> None:
-        """The source volume (a [k, j, i] array, not copied) and a key that changes when its voxels change."""
-        if self._config is not None and self._config.volume_key == key and self._volume is not None:
+        """The source volume (a [k, j, i] array, not copied here) and a key that changes when its voxels change.
+        The engine gets it once per key."""
+        if key == self._volume_key and self._array is not None:
             return
-        self._volume = Volume(array_kji, ijk_to_ras)
-        base = self._config or _Config(DEFAULT_MODEL, "auto", DEFAULT_CACHE_MB * 1024 * 1024, None, None)
-        self._config = _Config(base.model, base.device, base.cache_bytes, base.window, key)
+        old_key = self._volume_key
+        self._array, self._ijk_to_ras, self._volume_key = array_kji, np.asarray(ijk_to_ras, dtype=float), key
         self._latest_preview.clear()
+        self._close_session()
+        engine = self.provider.current
+        if old_key is not None and engine is not None and hasattr(engine, "forget_volume"):
+            engine.forget_volume(old_key)
 
     @property
-    def volume(self) -> Volume | None:
-        return self._volume
+    def volume_shape(self) -> tuple[int, ...] | None:
+        return None if self._array is None else tuple(self._array.shape)
 
     @property
     def configured(self) -> bool:
-        return self._config is not None and self._volume is not None
+        return self._array is not None
 
-    def _snapshot(self) -> tuple[_Config, Volume]:
-        if not self.configured:
+    def _spec(self) -> SessionSpec:
+        c = self._config or _Config(DEFAULT_MODEL, "auto", DEFAULT_CACHE_MB, None)
+        return SessionSpec(model=c.model, device=c.device, backend=c.backend, precision=c.precision,
+                           window=c.window, cache_mb=c.cache_mb)
+
+    def _ensure_session(self) -> EngineSession:
+        """The session for the current volume and settings, (re)starting the engine and (re)opening as needed."""
+        if self._array is None:
             raise RuntimeError("no source volume: select a source volume in the Segment Editor")
-        return self._config, self._volume
+        engine = self.provider.get()
+        if self.provider.last_crash and self.provider.last_crash != self._reported_crash:
+            self._reported_crash = self.provider.last_crash
+        spec = self._spec()
+        key = (spec, self._volume_key)
+        if self._session is None or self._session_key != key or self._session_engine is not engine:
+            self._close_session()
+            self._session = engine.open_session(self._array, self._ijk_to_ras, spec, volume_key=self._volume_key)
+            self._session_key, self._session_engine = key, engine
+            self._tracked.append(_Tracked("load", self._session.opening, extra={"model": spec.model}))
+        return self._session
 
-    def _session(self, config: _Config, volume: Volume):
-        """The session for ``config`` (worker thread only): reload the model or rebuild the session as needed."""
-        if self._w_session is not None and self._w_config == config:
-            return self._w_session
-        model_key = (config.model, config.device)
-        model = self._w_model if self._w_model_key == model_key else None
-        self._w_session = None
-        model, session = self._factory(config.model, config.device, volume, config.window, config.cache_bytes,
-                                       model=model)
-        self._w_model, self._w_model_key = model, model_key
-        self._w_session, self._w_config = session, config
-        return session
+    def _close_session(self) -> None:
+        if self._session is not None:
+            try:
+                self._session.close()
+            except Exception:  # the engine may be gone
+                log.debug("closing the session failed", exc_info=True)
+        self._session = None
+        self._session_key = None
 
-    # ------------------------------------------------------------------------------------------- jobs
+    # ------------------------------------------------------------------------------------------- requests
 
-    def _track(self, kind: str, job: Job, axis=None, index=None, serial=0, **extra) -> Job:
-        self._tracked.append(_Tracked(kind, job, axis, index, serial, extra))
-        return job
+    def load(self) -> Request:
+        """Start the engine, send the volume and load the model now (so that the first click is fast)."""
+        return self._ensure_session().opening
 
-    def load(self) -> Job:
-        """Load the model and prepare the session now (so the first click is fast)."""
-        config, volume = self._snapshot()
-
-        def run(ctx):
-            self._session(config, volume)
-            return f"{config.model} ready"
-
-        return self._track("load", self.worker.submit(run, name="load"))
-
-    def preview(self, axis: str, index: int, prompt: SlicePrompt) -> Job:
+    def preview(self, axis: str, index: int, prompt: SlicePrompt) -> Request:
         """Predict one slice; supersedes an unfinished preview of the same slice and pending prefetches."""
-        config, volume = self._snapshot()
+        session = self._ensure_session()
         axis = axis.upper()
         self._serial += 1
         serial = self._serial
         self._latest_preview[(axis, int(index))] = serial
         for tracked in self._tracked:
             if tracked.kind == "prefetch" or (tracked.kind == "preview" and (tracked.axis, tracked.index) == (axis, index)):
-                tracked.job.cancel()
+                tracked.request.cancel()
+        request = session.preview(axis, int(index), prompt)
+        self._tracked.append(_Tracked("preview", request, axis, int(index), serial))
+        return request
 
-        def run(ctx):
-            ctx.check_cancel()
-            return self._session(config, volume).preview(axis, int(index), prompt)
-
-        return self._track("preview", self.worker.submit(run, name=f"preview {axis}{index}"), axis, int(index), serial)
-
-    def prefetch(self, axis: str, indices) -> Job | None:
+    def prefetch(self, axis: str, indices) -> Request | None:
         """Compute embeddings of ``indices`` in the background (dropped as soon as a preview is asked for)."""
         if not self.configured:
             return None
-        config, volume = self._snapshot()
+        session = self._ensure_session()
         axis = axis.upper()
-        indices = [int(i) for i in indices]
         for tracked in self._tracked:
             if tracked.kind == "prefetch":
-                tracked.job.cancel()
-
-        def run(ctx):
-            ctx.check_cancel()
-            return self._session(config, volume).prefetch(axis, indices, should_stop=lambda: ctx.cancelled)
-
-        return self._track("prefetch", self.worker.submit(run, name=f"prefetch {axis}"), axis)
+                tracked.request.cancel()
+        request = session.prefetch(axis, [int(i) for i in indices])
+        self._tracked.append(_Tracked("prefetch", request, axis))
+        return request
 
     def propagate(self, axis: str, prompts: dict[int, SlicePrompt], direction: str = "both",
-                  frange: tuple[int, int] | None = None) -> Job:
+                  frange: tuple[int, int] | None = None) -> Request:
         """Segment the prompted slices and propagate; outcomes stream as 'outcome' events."""
         if self.propagating:
             raise RuntimeError("a propagation is already running: wait for it or cancel it")
-        config, volume = self._snapshot()
+        session = self._ensure_session()
         axis = axis.upper()
         for tracked in self._tracked:
             if tracked.kind == "prefetch":
-                tracked.job.cancel()
-
-        def run(ctx):
-            from SAMSegmentLib.propagation import PropagationCancelled
-
-            session = self._session(config, volume)
-            try:
-                return session.propagate(axis, prompts, direction, frange, on_slice=ctx.emit,
-                                         should_stop=lambda: ctx.cancelled, progress=ctx.progress)
-            except PropagationCancelled as exc:
-                raise JobCancelled(str(exc)) from exc
-
-        return self._track("propagate", self.worker.submit(run, name=f"propagate {axis}"), axis)
+                tracked.request.cancel()
+        request = session.propagate(axis, prompts, direction, frange)
+        self._tracked.append(_Tracked("propagate", request, axis, extra={"outcomes": {}}))
+        return request
 
     @property
     def propagating(self) -> bool:
-        return any(t.kind == "propagate" and not t.job.done for t in self._tracked)
+        return any(t.kind == "propagate" and not t.request.done for t in self._tracked)
 
     @property
     def busy(self) -> bool:
-        return any(not t.job.done for t in self._tracked if t.kind != "prefetch")
+        return any(not t.request.done for t in self._tracked if t.kind != "prefetch")
 
     def cancel_propagation(self) -> None:
         for tracked in self._tracked:
             if tracked.kind == "propagate":
-                tracked.job.cancel()
+                tracked.request.cancel()
 
     def cancel_all(self, forget: bool = False) -> None:
-        """Cancel every job; ``forget`` also drops them, so that nothing they still report reaches ``poll``
+        """Cancel every request; ``forget`` also drops them, so that nothing they still report reaches ``poll``
         (use it when the effect is left or the prompts are cleared)."""
         for tracked in self._tracked:
-            tracked.job.cancel()
+            if tracked.kind != "load":
+                tracked.request.cancel()
         if forget:
-            self._tracked.clear()
+            self._tracked = [t for t in self._tracked if t.kind == "load" and not t.request.done]
             self._latest_preview.clear()
 
     # ------------------------------------------------------------------------------------------- events
 
     def poll(self) -> list[ControllerEvent]:
-        """Events of all jobs since the last poll, in order (main thread; never blocks)."""
-        out: list[ControllerEvent] = []
+        """Move the engine's I/O along (bounded) and return the events since the last poll, in order."""
+        started = time.perf_counter()
+        out: list[ControllerEvent] = self._pending_events
+        self._pending_events = []
+        engine = self.provider.current
+        if engine is not None:
+            try:
+                engine.poll(self.poll_budget_s)
+            except Exception as exc:  # the client never raises by design; never let the timer die
+                log.exception("polling the engine failed")
+                out.append(ControllerEvent("error", message=user_message(exc), job="engine"))
+        crash = self.provider.crashed
+        engine_failed = False
         still: list[_Tracked] = []
         for tracked in self._tracked:
-            finished = tracked.job.done  # read before draining: a finished job has pushed all its events
-            for event in tracked.job.drain():
+            for event in tracked.request.drain():
+                if event.kind == "error" and isinstance(event.value, EngineUnavailable):
+                    if not engine_failed:
+                        engine_failed = True
+                        out.append(ControllerEvent("error", message=user_message(event.value), job="engine"))
+                    continue
                 out.extend(self._translate(tracked, event))
-            if not finished:
+            if not tracked.request.done:
                 still.append(tracked)
         self._tracked = still
+        if crash is not None and crash != self._reported_crash:
+            self._reported_crash = crash
+            if not engine_failed:
+                out.append(ControllerEvent("error", message=user_message(EngineUnavailable(crash)), job="engine"))
+            for tracked in self._tracked:
+                tracked.request._fail(EngineUnavailable(crash))
+            self._tracked = []
+            self._session = None
+        self.poll_seconds.append(time.perf_counter() - started)
+        if len(self.poll_seconds) > 10000:
+            del self.poll_seconds[:5000]
         return out
 
     def _translate(self, tracked: _Tracked, event) -> list[ControllerEvent]:
         kind = event.kind
         if kind == "error":
             exc = event.value
-            if not isinstance(exc, (PromptError, VolumeError)):
+            if not isinstance(exc, (PromptError, VolumeError, EngineError)):
                 log.error("Segment Anything %s failed", tracked.kind, exc_info=(type(exc), exc, exc.__traceback__))
             return [ControllerEvent("error", axis=tracked.axis, index=tracked.index, message=user_message(exc),
                                     job=tracked.kind)]
         if tracked.kind == "load":
-            return [ControllerEvent("status", message=str(event.value))] if kind == "done" else []
+            if kind != "done":
+                return []
+            device = event.value.get("device") if isinstance(event.value, dict) else None
+            where = f" on {device}" if device else ""
+            return [ControllerEvent("status", message=f"{tracked.extra.get('model', 'model')} ready{where}")]
         if tracked.kind == "preview":
             if kind != "done":
                 return []
@@ -397,23 +448,35 @@ class SegmentAnythingController:
                 return []  # superseded by a newer prompt on that slice
             result = event.value
             return [ControllerEvent("preview", tracked.axis, tracked.index, np.asarray(result.mask, bool),
-                                    float(result.score))]
+                                    float(result.score), ready_at=result.ready_at)]
         if tracked.kind == "propagate":
             if kind == "progress":
                 done, total = event.value
                 return [ControllerEvent("progress", tracked.axis, done=done, total=total)]
             if kind == "result":
                 outcome = event.value
+                tracked.extra["outcomes"][int(outcome.index)] = outcome
                 return [ControllerEvent("outcome", tracked.axis, int(outcome.index), np.asarray(outcome.mask, bool),
                                         float(outcome.score), result=outcome)]
             if kind == "done":
-                return [ControllerEvent("propagated", tracked.axis, result=event.value)]
+                from SAMSegmentLib.propagation.plan import PropagationResult
+
+                summary = event.value
+                result = PropagationResult(tracked.axis, dict(tracked.extra["outcomes"]), list(summary.recomputed))
+                return [ControllerEvent("propagated", tracked.axis, result=result, ready_at=summary.ready_at)]
             if kind == "cancelled":
                 return [ControllerEvent("cancelled", tracked.axis, message="propagation cancelled")]
         return []
 
     def shutdown(self) -> None:
-        """Cancel everything; stop the worker if this controller created it."""
-        self.cancel_all()
-        if self._owns_worker:
-            self.worker.shutdown(timeout=2.0)
+        """Cancel everything and close the session; stop the engine if this controller started it."""
+        self.cancel_all(forget=True)
+        self._close_session()
+        engine = self.provider.current
+        if engine is not None:
+            try:
+                engine.poll(0.05)
+            except Exception:
+                log.debug("final poll failed", exc_info=True)
+        if self._owns_provider:
+            self.provider.reset()

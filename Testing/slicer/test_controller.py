@@ -1,8 +1,9 @@
-"""The effect's engine driver (SAMSegment/SAMSegmentEffectLib/controller.py): jobs on the one Worker, events drained without
-blocking, superseded previews dropped, propagation streamed and cancellable, model availability; no Qt involved.
+"""The effect's engine driver (SAMSegment/SAMSegmentEffectLib/controller.py): requests to an engine, events drained
+without blocking, superseded previews dropped, propagation streamed and cancellable, model availability; no Qt.
 
 Models are the test doubles of Testing/doubles.py (BoxModel segments exactly the prompt box; ThresholdModel the
-bright voxels inside it), run through the real SegmentationSession.
+bright voxels inside it), run through the real engine core and SegmentationSession, in process (the engine process
+and its client have tests of their own, Testing/engine/test_engine_*.py, and test_controller_engine_process.py).
 """
 
 from __future__ import annotations
@@ -19,30 +20,39 @@ import pytest
 from doubles import BoxModel, ThresholdModel
 from SAMSegmentEffectLib.controller import ModelStatus, SegmentAnythingController, model_status, models, user_message
 
+from SAMSegmentLib.engine.core import EngineCore
+from SAMSegmentLib.engine.local import InProcessEngine
 from SAMSegmentLib.prompts import PromptError, SlicePrompt
-from SAMSegmentLib.session import SegmentationSession
-from SAMSegmentLib.windowing import Window
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class Factory:
-    """Session factory recording where and how often models are built."""
+    """Builds in-process engines whose models are doubles; records where and how often models and sessions are
+    built."""
 
     def __init__(self, model_cls=BoxModel, **kwargs):
         self.model_cls, self.kwargs = model_cls, kwargs
         self.models_built = 0
         self.sessions_built = 0
         self.threads = set()
+        self.last_model = None
 
-    def __call__(self, model_name, device, volume, window, cache_bytes, model=None):
+    def load(self, spec):
         self.threads.add(threading.current_thread().name)
-        if model is None:
-            model = self.model_cls(**self.kwargs)
-            self.models_built += 1
-        self.sessions_built += 1
-        win = Window(*window) if window is not None else Window(0.0, 1000.0)
-        return model, SegmentationSession(model, volume, window=win, cache_bytes=cache_bytes)
+        self.models_built += 1
+        self.last_model = self.model_cls(**self.kwargs)
+        return self.last_model
+
+    def __call__(self):
+        factory = self
+
+        class CountingCore(EngineCore):
+            def open_session(self, *args, **kwargs):
+                factory.sessions_built += 1
+                return super().open_session(*args, **kwargs)
+
+        return InProcessEngine(CountingCore(self.load))
 
 
 def wait_for(controller, kinds, timeout=20.0):
@@ -72,7 +82,7 @@ def controller():
     made = []
 
     def make(factory):
-        c = SegmentAnythingController(session_factory=factory)
+        c = SegmentAnythingController(engine=factory)
         made.append(c)
         return c
 
@@ -81,7 +91,7 @@ def controller():
         c.shutdown()
 
 
-def test_preview_runs_on_the_worker_and_comes_back_as_an_event(controller):
+def test_preview_runs_in_the_engine_and_comes_back_as_an_event(controller):
     factory = Factory()
     c = controller(factory)
     array, _ = blob()
@@ -94,7 +104,7 @@ def test_preview_runs_on_the_worker_and_comes_back_as_an_event(controller):
     expected = np.zeros((48, 40), bool)
     expected[6:21, 5:15] = True
     np.testing.assert_array_equal(event.mask, expected)
-    assert factory.threads == {"SAMSegment-worker"}  # model and session built on the worker, not here
+    assert factory.threads and all(t.startswith("samsegment-engine") for t in factory.threads)  # not here
     assert not c.busy
 
 
@@ -125,8 +135,7 @@ def test_prefetch_yields_to_a_preview(controller):
     time.sleep(0.15)
     c.preview("K", 20, SlicePrompt(box=[1, 1, 3, 3]))
     wait_for(c, {"preview"}, timeout=5)  # well before 40 embeddings x 0.05 s would have finished
-    model = next(iter([c._w_model]))
-    assert model.encode_calls < 40
+    assert factory.last_model.encode_calls < 40
 
 
 def test_propagation_streams_outcomes_and_finishes(controller):
@@ -218,7 +227,7 @@ def test_model_reused_when_only_the_volume_changes(controller):
 
 
 def test_user_message():
-    assert user_message(PromptError("slice 3 has only exclude points")) == "slice 3 has only exclude points"
+    assert user_message(PromptError("slice 3 has only exclude points")) == "Slice 3 has only exclude points"
     assert user_message(ZeroDivisionError("division by zero")) == "ZeroDivisionError: division by zero"
 
 

@@ -1,0 +1,354 @@
+"""The engine core: volumes, models, sessions and the jobs that run on them, in one process.
+
+Used directly by the in-process engine (engine/local.py) and behind HTTP by ``samsegment serve`` (engine/server.py).
+It owns every torch call. Models are loaded once per (model, device, backend, precision) and shared by the sessions
+that use them; one ``DeviceGate`` per device lets one job at a time run model code, previews first (see gate.py).
+
+Ownership: every volume and session records the ``owner`` that created it (the server passes a digest of the
+client's token); a call naming another owner's id fails exactly as an unknown id does, so ids cannot be probed.
+Ids are random (``secrets.token_urlsafe``), never sequential.
+
+Jobs are ``worker.Job`` objects (events: progress, result, done, cancelled, error) run on a thread pool; each job
+checks its cancel flag before every slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..prompts import PromptError, SlicePrompt
+from ..request import DIRECTIONS, SegmentationRequest
+from ..volume import AXES, Volume, VolumeError
+from ..worker import Job, JobCancelled, JobContext, JobEvent
+from .api import (
+    PRIORITY_PREFETCH,
+    PRIORITY_PREVIEW,
+    PRIORITY_PROPAGATE,
+    EngineError,
+    PreviewResult,
+    PropagationSummary,
+    SessionExpired,
+    SessionSpec,
+)
+from .gate import DeviceGate, GateCancelled
+
+log = logging.getLogger(__name__)
+
+ModelLoader = Callable[[SessionSpec], Any]
+
+
+class UnknownSession(SessionExpired):
+    """No such session (or volume) for this owner: it expired, was closed, or never existed."""
+
+
+class Busy(EngineError):
+    """The session already runs a propagation."""
+
+
+def default_model_loader(spec: SessionSpec):
+    """Load ``spec.model`` with the engine's loader (weights verified, backend and precision applied)."""
+    import torch
+
+    from ..models import load_model
+
+    model = load_model(spec.model, device=None if spec.device == "auto" else spec.device)
+    precision = spec.precision
+    if precision == "auto":
+        precision = "bf16" if model.device.type == "cpu" else "fp32"
+    if precision == "bf16":
+        model.autocast_dtype = torch.bfloat16
+    return model
+
+
+@dataclass
+class StoredVolume:
+    id: str
+    owner: str
+    volume: Volume
+    nbytes: int
+    last_used: float = field(default_factory=time.monotonic)
+    sessions: set[str] = field(default_factory=set)
+
+
+@dataclass
+class CoreSession:
+    id: str
+    owner: str
+    spec: SessionSpec
+    volume_id: str
+    session: Any  # SegmentationSession
+    gate: DeviceGate
+    last_used: float = field(default_factory=time.monotonic)
+    propagation: Job | None = None
+
+    @property
+    def window(self) -> tuple[float, float, str]:
+        w = self.session.window
+        return float(w.low), float(w.high), str(w.name)
+
+
+class EngineCore:
+    """Volumes, models, sessions and jobs of one engine process."""
+
+    def __init__(self, model_loader: ModelLoader | None = None, max_workers: int = 16,
+                 defaults: SessionSpec | None = None) -> None:
+        """``defaults``: the device, backend and precision that a client's 'auto' means on this engine."""
+        self._loader = model_loader or default_model_loader
+        self.defaults = defaults or SessionSpec()
+        self._lock = threading.RLock()
+        self._volumes: dict[str, StoredVolume] = {}
+        self._sessions: dict[str, CoreSession] = {}
+        self._models: dict[tuple, Any] = {}
+        self._model_locks: dict[tuple, threading.Lock] = {}
+        self._gates: dict[str, DeviceGate] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="samsegment-engine")
+        self._closed = False
+
+    # ----------------------------------------------------------------------------------------------- volumes
+
+    def add_volume(self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, owner: str = "local") -> str:
+        """Keep a volume (the array is used as is, not copied); returns its id."""
+        volume = Volume(array_kji, ijk_to_ras)
+        if not np.issubdtype(volume.array.dtype, np.number) or np.issubdtype(volume.array.dtype, np.complexfloating):
+            raise VolumeError(f"voxel type {volume.array.dtype} is not a real number type")
+        vid = secrets.token_urlsafe(18)
+        with self._lock:
+            self._volumes[vid] = StoredVolume(vid, owner, volume, int(volume.array.nbytes))
+        log.info("volume %s… %s %s (%.1f MB)", vid[:6], volume.array.shape, volume.array.dtype,
+                 volume.array.nbytes / 1e6)
+        return vid
+
+    def drop_volume(self, vid: str, owner: str = "local") -> None:
+        with self._lock:
+            stored = self._volume(vid, owner)
+            for sid in list(stored.sessions):
+                self._drop_session(sid)
+            self._volumes.pop(vid, None)
+
+    def _volume(self, vid: str, owner: str) -> StoredVolume:
+        stored = self._volumes.get(vid)
+        if stored is None or not secrets.compare_digest(stored.owner, owner):
+            raise UnknownSession("session expired: the engine no longer holds this volume")
+        stored.last_used = time.monotonic()
+        return stored
+
+    # ----------------------------------------------------------------------------------------------- models
+
+    def resolve(self, spec: SessionSpec) -> SessionSpec:
+        """``spec`` with 'auto' device, backend and precision replaced by this engine's defaults."""
+        from dataclasses import replace
+
+        d = self.defaults
+        return replace(spec, device=d.device if spec.device == "auto" else spec.device,
+                       backend=d.backend if spec.backend == "auto" else spec.backend,
+                       precision=d.precision if spec.precision == "auto" else spec.precision)
+
+    def model(self, spec: SessionSpec):
+        """The shared model for ``spec`` (loaded on first use; concurrent callers wait for one load)."""
+        spec = self.resolve(spec)
+        key = (spec.model, spec.device, spec.backend, spec.precision)
+        with self._lock:
+            if key in self._models:
+                return self._models[key]
+            lock = self._model_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            started = time.monotonic()
+            model = self._loader(spec)
+            log.info("loaded %s on %s in %.1f s", spec.model, getattr(model, "device", "?"), time.monotonic() - started)
+            with self._lock:
+                self._models[key] = model
+            return model
+
+    def gate_for(self, model) -> DeviceGate:
+        device = str(getattr(model, "device", "cpu"))
+        with self._lock:
+            return self._gates.setdefault(device, DeviceGate(device))
+
+    @property
+    def loaded_models(self) -> list[tuple]:
+        with self._lock:
+            return list(self._models)
+
+    # ----------------------------------------------------------------------------------------------- sessions
+
+    def open_session(self, vid: str, spec: SessionSpec, owner: str = "local",
+                     on_event: Callable[[JobEvent], None] | None = None) -> Job:
+        """Load the model if needed and create a session on volume ``vid``; the job's value is
+        ``{"session": id, "window": [low, high, name], "device": str}``."""
+        with self._lock:
+            stored = self._volume(vid, owner)
+
+        def run(ctx: JobContext):
+            from ..session import SegmentationSession
+            from ..windowing import Window
+
+            ctx.check_cancel()
+            model = self.model(spec)
+            ctx.check_cancel()
+            window = Window(spec.window[0], spec.window[1], "explicit") if spec.window is not None else None
+            session = SegmentationSession(model, stored.volume, window=window, cache_bytes=spec.cache_mb << 20)
+            sid = secrets.token_urlsafe(18)
+            core_session = CoreSession(sid, owner, spec, vid, session, self.gate_for(model))
+            with self._lock:
+                if vid not in self._volumes:
+                    raise UnknownSession("session expired: the volume was released while the session opened")
+                self._sessions[sid] = core_session
+                stored.sessions.add(sid)
+            return {"session": sid, "window": list(core_session.window), "device": str(model.device)}
+
+        return self._submit("open", run, on_event)
+
+    def session(self, sid: str, owner: str = "local") -> CoreSession:
+        with self._lock:
+            s = self._sessions.get(sid)
+            if s is None or not secrets.compare_digest(s.owner, owner):
+                raise UnknownSession("session expired: the engine no longer holds this session")
+            s.last_used = time.monotonic()
+            if s.volume_id in self._volumes:
+                self._volumes[s.volume_id].last_used = s.last_used
+            return s
+
+    def close_session(self, sid: str, owner: str = "local") -> None:
+        with self._lock:
+            self.session(sid, owner)
+            self._drop_session(sid)
+
+    def _drop_session(self, sid: str) -> None:
+        s = self._sessions.pop(sid, None)
+        if s is None:
+            return
+        if s.propagation is not None:
+            s.propagation.cancel()
+        stored = self._volumes.get(s.volume_id)
+        if stored is not None:
+            stored.sessions.discard(sid)
+
+    @property
+    def session_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
+    # ----------------------------------------------------------------------------------------------- jobs
+
+    def preview(self, sid: str, axis: str, index: int, prompt: SlicePrompt, owner: str = "local",
+                on_event: Callable[[JobEvent], None] | None = None) -> Job:
+        s = self.session(sid, owner)
+        axis = _check_axis(axis)
+
+        def run(ctx: JobContext) -> PreviewResult:
+            with _gated(s.gate, PRIORITY_PREVIEW, ctx):
+                result = s.session.preview(axis, int(index), prompt)
+            return PreviewResult(axis, int(index), np.asarray(result.mask, bool), float(result.score), s.window,
+                                 time.time())
+
+        return self._submit(f"preview {axis}{index}", run, on_event)
+
+    def prefetch(self, sid: str, axis: str, indices: list[int], owner: str = "local",
+                 on_event: Callable[[JobEvent], None] | None = None) -> Job:
+        s = self.session(sid, owner)
+        axis = _check_axis(axis)
+        n = s.session.volume.axis_length(axis)
+        indices = [int(i) for i in indices if 0 <= int(i) < n]
+
+        def run(ctx: JobContext) -> int:
+            done = 0
+            for index in indices:
+                with _gated(s.gate, PRIORITY_PREFETCH, ctx):
+                    done += s.session.prefetch(axis, [index])
+            return done
+
+        return self._submit(f"prefetch {axis}", run, on_event)
+
+    def propagate(self, sid: str, axis: str, prompts: dict[int, SlicePrompt], direction: str = "both",
+                  frange: tuple[int, int] | None = None, owner: str = "local",
+                  on_event: Callable[[JobEvent], None] | None = None) -> Job:
+        """Validate (PromptError on bad prompts, before anything runs) and start a propagation job."""
+        s = self.session(sid, owner)
+        axis = _check_axis(axis)
+        if direction not in DIRECTIONS:
+            raise PromptError(f"propagate must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+        request = SegmentationRequest(axis, dict(prompts), direction, None if frange is None else tuple(frange))
+        request.validate(s.session.volume)
+        with self._lock:
+            if s.propagation is not None and not s.propagation.done:
+                raise Busy("a propagation is already running in this session: wait for it or cancel it")
+
+            def run(ctx: JobContext) -> PropagationSummary:
+                from ..propagation import PropagationCancelled
+
+                def should_stop() -> bool:
+                    if ctx.cancelled:
+                        return True
+                    try:
+                        s.gate.yield_turn(PRIORITY_PROPAGATE, lambda: ctx.cancelled)
+                    except GateCancelled:
+                        return True
+                    return ctx.cancelled
+
+                try:
+                    s.gate.acquire(PRIORITY_PROPAGATE, lambda: ctx.cancelled)
+                except GateCancelled as exc:
+                    raise JobCancelled(str(exc)) from None
+                try:
+                    result = s.session.propagate(axis, request.prompts, direction, request.range, on_slice=ctx.emit,
+                                                 should_stop=should_stop, progress=ctx.progress)
+                except PropagationCancelled as exc:
+                    raise JobCancelled(str(exc)) from None
+                finally:
+                    s.gate.release()
+                return PropagationSummary(axis, list(result.recomputed), s.window, time.time())
+
+            job = self._submit(f"propagate {axis}", run, on_event)
+            s.propagation = job
+        return job
+
+    def _submit(self, name: str, fn, on_event) -> Job:
+        if self._closed:
+            raise EngineError("the engine is shutting down")
+        job = Job(name, fn, (), {}, on_event)
+        self._pool.submit(job._run)
+        return job
+
+    def shutdown(self) -> None:
+        self._closed = True
+        with self._lock:
+            for sid in list(self._sessions):
+                self._drop_session(sid)
+            self._volumes.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _gated:
+    """Context manager: hold the device gate for one step of a job; a cancel while waiting ends the job."""
+
+    def __init__(self, gate: DeviceGate, priority: int, ctx: JobContext) -> None:
+        self.gate, self.priority, self.ctx = gate, priority, ctx
+
+    def __enter__(self) -> None:
+        self.ctx.check_cancel()
+        try:
+            self.gate.acquire(self.priority, lambda: self.ctx.cancelled)
+        except GateCancelled as exc:
+            raise JobCancelled(str(exc)) from None
+
+    def __exit__(self, *exc) -> None:
+        self.gate.release()
+
+
+def _check_axis(axis: str) -> str:
+    axis = str(axis).upper()
+    if axis not in AXES:
+        raise PromptError(f"axis must be I, J or K, not {axis!r}")
+    return axis
