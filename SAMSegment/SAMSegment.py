@@ -6,18 +6,24 @@ This scripted module
 - installs what a model needs on first use, on the main thread: PyTorch through the PyTorch extension
   (PyTorchUtils), the other Python packages with slicer.util.pip_install after one confirmation listing them, and
   the weights with a progress dialog whose Cancel stops the download (it resumes next time),
+- owns the engine the effect talks to: a local engine child process started on first use with Slicer's own Python
+  (PythonSlicer, which has torch from the PyTorch extension) on 127.0.0.1, a free port and a fresh random token,
+  stopped when Slicer exits and restarted on the next action after a crash; or, when the settings say so, a remote
+  engine server (a department GPU machine running ``samsegment serve``) with its URL and token,
 - shows a small settings panel.
 
-All model work happens in the effect, on SAMSegmentLib's worker thread; see
-SegmentEditorSegmentAnythingLib/SegmentEditorEffect.py.
+No model code runs in Slicer's interpreter, and no Python thread either: Slicer's main thread holds the GIL while
+it idles, which starves Python threads (see DESIGN.md). The engine is another process; the weights download runs
+in a child process too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import tempfile
-import threading
 
 import qt
 import slicer
@@ -41,7 +47,8 @@ DEVICES = [("auto", "Automatic (CUDA, then Apple MPS, then CPU)"), ("cpu", "CPU"
 class SAMSegmentSettings:
     """User preferences in Slicer's settings (qt.QSettings), shared by the module panel and the effect."""
 
-    DEFAULTS = {"Model": "litemedsam", "Device": "auto", "CacheMB": 512, "WeightsDir": ""}
+    DEFAULTS = {"Model": "litemedsam", "Device": "auto", "CacheMB": 512, "WeightsDir": "", "Backend": "auto",
+                "Precision": "auto", "EngineMode": "local", "EngineURL": "", "EngineToken": ""}
 
     @staticmethod
     def get(key: str):
@@ -76,14 +83,78 @@ class SAMSegmentSettings:
 # --------------------------------------------------------------------------------------------------- module
 
 
+def _effectRegistered() -> bool:
+    factory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+    return any(effect.name == EFFECT_NAME for effect in factory.registeredEffects())
+
+
 def registerEditorEffect() -> bool:
-    """Register the Segment Anything effect with the Segment Editor (returns False if it already is)."""
+    """Register the Segment Anything effect with the Segment Editor; True when this call registered it, False when
+    it already was (the Python ``register()`` wrapper returns None either way, so ask the factory)."""
     import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
+    if _effectRegistered():
+        return False
     path = os.path.join(os.path.dirname(__file__), "SegmentEditorSegmentAnythingLib", "SegmentEditorEffect.py")
     instance = effects.qSlicerSegmentEditorScriptedEffect(None)
     instance.setPythonSource(path.replace("\\", "/"))
-    return bool(instance.self().register())
+    instance.self().register()
+    return _effectRegistered()
+
+
+# --------------------------------------------------------------------------------------------------- engine
+
+
+def pythonExecutable() -> str:
+    """Slicer's own Python (PythonSlicer: the interpreter that has torch from the PyTorch extension)."""
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    candidate = os.path.join(os.path.dirname(sys.executable), "PythonSlicer" + (".exe" if os.name == "nt" else ""))
+    return candidate if os.path.exists(candidate) else sys.executable
+
+
+def engineLogPath() -> str:
+    return os.path.join(slicer.app.temporaryPath, "SAMSegment", "engine.log")
+
+
+def _makeEngine():
+    """The engine the settings ask for: a remote server (URL + token) or a local child process."""
+    if SAMSegmentSettings.get("EngineMode") == "remote":
+        from SAMSegmentLib.engine.client import RemoteEngine
+
+        url = SAMSegmentSettings.get("EngineURL").strip()
+        if not url:
+            from SAMSegmentLib.engine.api import EngineError
+
+            raise EngineError("no engine server URL is set: enter it in the SAM Segment module's settings")
+        return RemoteEngine(url, token=SAMSegmentSettings.get("EngineToken").strip() or None)
+    from SAMSegmentLib.engine.child import LocalEngine
+
+    SAMSegmentSettings.applyWeightsDir()
+    return LocalEngine(python=pythonExecutable(), device=SAMSegmentSettings.get("Device"),
+                       backend=SAMSegmentSettings.get("Backend"), precision=SAMSegmentSettings.get("Precision"),
+                       log_path=engineLogPath())
+
+
+_engineProvider = None
+
+
+def engineProvider():
+    """The one EngineProvider of this Slicer session (shared by every Segment Editor's effect)."""
+    global _engineProvider
+    if _engineProvider is None:
+        from SAMSegmentEffectLib.controller import EngineProvider
+
+        _engineProvider = EngineProvider(_makeEngine)
+        slicer.app.connect("aboutToQuit()", shutdownEngine)
+    return _engineProvider
+
+
+def shutdownEngine() -> None:
+    """Stop the engine (the local child process ends; a remote server keeps running)."""
+    if _engineProvider is not None:
+        _engineProvider.reset()
 
 
 class SAMSegment(ScriptedLoadableModule):
@@ -113,13 +184,30 @@ class SAMSegment(ScriptedLoadableModule):
 class SAMSegmentLogic(ScriptedLoadableModuleLogic):
     """Installs packages and weights for a model. Main thread only (pip must run there; see DESIGN.md)."""
 
+    _preparing = False  # one install at a time: a click during an install must not start a nested one
+
     def status(self, modelName: str):
         from SAMSegmentEffectLib.controller import model_status
 
         return model_status(modelName)
 
+    @property
+    def preparing(self) -> bool:
+        return SAMSegmentLogic._preparing
+
     def prepareModel(self, modelName: str, parent=None) -> bool:
-        """Make ``modelName`` runnable: install its packages, then its weights. Returns True when ready."""
+        """Make ``modelName`` runnable: install its packages, then its weights. Returns True when ready; False at
+        once while another preparation is still running (its dialogs keep the event loop going)."""
+        if SAMSegmentLogic._preparing:
+            slicer.util.showStatusMessage("SAMSegment: an installation is still running; wait for it to finish", 3000)
+            return False
+        SAMSegmentLogic._preparing = True
+        try:
+            return self._prepareModel(modelName, parent)
+        finally:
+            SAMSegmentLogic._preparing = False
+
+    def _prepareModel(self, modelName: str, parent=None) -> bool:
         status = self.status(modelName)
         if status.state == "needs-package":
             if not self.installPackages(status, parent):
@@ -196,30 +284,17 @@ class SAMSegmentLogic(ScriptedLoadableModuleLogic):
     def downloadWeights(self, modelName: str, parent=None):
         """Download and verify the weights with a progress dialog; returns their path, or None (cancel/failure).
 
-        The download runs on a Python thread; a QTimer on the main thread moves the progress bar and a local event
-        loop keeps Slicer responsive until it ends (the dialog is window-modal). Cancel stops it within one chunk
-        and keeps the partial file, which the next attempt resumes.
+        The download runs in a child process (PythonSlicer running ``samsegment models --download``), so no Python
+        thread waits for the GIL here; a QTimer reads its progress while the dialog's local event loop keeps Slicer
+        responsive. Cancel ends the process within a moment and keeps the partial file, which the next attempt
+        resumes.
         """
         from SAMSegmentEffectLib.controller import models
-
-        from SAMSegmentLib.models.checkpoints import DownloadCancelled, WeightsError, ensure_weights
+        from SAMSegmentEffectLib.download import WeightsDownload
 
         spec = models()[modelName]
-        state = {"done": 0, "total": spec.size_bytes, "stop": False, "path": None, "error": None}
-
-        def work():
-            try:
-                state["path"] = ensure_weights(
-                    spec, progress=lambda d, t: state.update(done=d, total=t or spec.size_bytes),
-                    should_stop=lambda: state["stop"])
-            except DownloadCancelled:
-                state["error"] = None
-            except WeightsError as exc:
-                state["error"] = str(exc)
-            except Exception as exc:  # shown to the user below
-                logging.exception("weights download failed")
-                state["error"] = f"{type(exc).__name__}: {exc}"
-
+        SAMSegmentSettings.applyWeightsDir()
+        download = WeightsDownload(modelName, python=pythonExecutable())
         dialog = qt.QProgressDialog(f"Downloading the {modelName} weights...", "Cancel", 0, 1000,
                                     parent or slicer.util.mainWindow())
         dialog.windowTitle = "SAMSegment"
@@ -229,27 +304,35 @@ class SAMSegmentLogic(ScriptedLoadableModuleLogic):
         loop = qt.QEventLoop()
         timer = qt.QTimer()
         timer.setInterval(100)
-        thread = threading.Thread(target=work, name="SAMSegment-weights", daemon=True)
+        result = {}
 
         def tick():
             if dialog.wasCanceled:
-                state["stop"] = True
-            done, total = state["done"], state["total"]
-            if total:
-                dialog.setValue(int(1000 * min(done, total) / total))
-                dialog.setLabelText(f"Downloading the {modelName} weights: {done / 1e6:,.0f} of {total / 1e6:,.0f} MB")
-            if not thread.is_alive():
-                timer.stop()
-                loop.quit()
+                download.cancel()
+            state = download.poll()
+            total = state.total or spec.size_bytes
+            if state.state == "running":
+                if total:
+                    dialog.setValue(int(1000 * min(state.done, total) / total))
+                    dialog.setLabelText(f"Downloading the {modelName} weights: {state.done / 1e6:,.0f} of "
+                                        f"{total / 1e6:,.0f} MB")
+                return
+            result["state"] = state
+            timer.stop()
+            loop.quit()
 
         timer.connect("timeout()", tick)
-        thread.start()
+        download.start()
         timer.start()
         loop.exec_()
         dialog.close()
-        if state["error"]:
-            slicer.util.errorDisplay(state["error"], windowTitle="SAMSegment: weights download failed", parent=parent)
-        return state["path"]
+        state = result.get("state")
+        if state is None or state.state == "cancelled":
+            return None
+        if state.state == "failed":
+            slicer.util.errorDisplay(state.message, windowTitle="SAMSegment: weights download failed", parent=parent)
+            return None
+        return state.path
 
 
 # --------------------------------------------------------------------------------------------------- widget
@@ -282,11 +365,41 @@ class SAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.weightsDir.filters = ctk.ctkPathLineEdit.Dirs
         self.weightsDir.toolTip = "Folder for downloaded weights (empty: the default cache folder)."
         form.addRow("Weights folder:", self.weightsDir)
+        self.backendCombo = qt.QComboBox()
+        for key, text in (("auto", "Automatic (OpenVINO on CPU when installed, else PyTorch)"), ("torch", "PyTorch"),
+                          ("openvino", "OpenVINO (CPU)")):
+            self.backendCombo.addItem(text, key)
+        form.addRow("Backend:", self.backendCombo)
         self.prepareButton = qt.QPushButton("Install / download for this model")
         form.addRow(self.prepareButton)
         self.statusLabel = qt.QLabel()
         self.statusLabel.wordWrap = True
         form.addRow(self.statusLabel)
+
+        engineBox = ctk.ctkCollapsibleButton()
+        engineBox.text = "Engine"
+        self.layout.addWidget(engineBox)
+        engineForm = qt.QFormLayout(engineBox)
+        self.engineModeCombo = qt.QComboBox()
+        self.engineModeCombo.addItem("On this computer (a background process)", "local")
+        self.engineModeCombo.addItem("On a server (samsegment serve)", "remote")
+        self.engineModeCombo.toolTip = ("Where the models run. A server is a shared GPU machine running "
+                                        "'samsegment serve --host 0.0.0.0 --token-file FILE'.")
+        engineForm.addRow("Run models:", self.engineModeCombo)
+        self.engineUrl = qt.QLineEdit()
+        self.engineUrl.placeholderText = "https://gpu-server.example.org:8765"
+        engineForm.addRow("Server URL:", self.engineUrl)
+        self.engineToken = qt.QLineEdit()
+        self.engineToken.echoMode = qt.QLineEdit.Password
+        self.engineToken.toolTip = "The access token the server's administrator gave you."
+        engineForm.addRow("Access token:", self.engineToken)
+        self.restartButton = qt.QPushButton("Restart engine")
+        self.restartButton.toolTip = "Stop the engine now; the next action in the effect starts it again."
+        engineForm.addRow(self.restartButton)
+        self.engineLabel = qt.QLabel()
+        self.engineLabel.wordWrap = True
+        self.engineLabel.textInteractionFlags = qt.Qt.TextSelectableByMouse
+        engineForm.addRow(self.engineLabel)
 
         hint = qt.QLabel(
             "Use: Segment Editor > <b>Segment Anything</b>. Self-test: enable Developer mode and click "
@@ -302,12 +415,18 @@ class SAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.cacheSpin.connect("valueChanged(int)", lambda v: SAMSegmentSettings.set("CacheMB", int(v)))
         self.weightsDir.connect("currentPathChanged(QString)", self.onWeightsDirChanged)
         self.prepareButton.connect("clicked()", self.onPrepare)
+        self.backendCombo.connect("currentIndexChanged(int)", self.onBackendChanged)
+        self.engineModeCombo.connect("currentIndexChanged(int)", self.onEngineSettingsChanged)
+        self.engineUrl.connect("editingFinished()", self.onEngineSettingsChanged)
+        self.engineToken.connect("editingFinished()", self.onEngineSettingsChanged)
+        self.restartButton.connect("clicked()", self.onRestartEngine)
 
     def refresh(self):
         from SAMSegmentEffectLib.controller import models
 
         current = SAMSegmentSettings.get("Model")
-        widgets = (self.modelCombo, self.deviceCombo, self.cacheSpin, self.weightsDir)
+        widgets = (self.modelCombo, self.deviceCombo, self.cacheSpin, self.weightsDir, self.backendCombo,
+                   self.engineModeCombo, self.engineUrl, self.engineToken)
         blocked = [w.blockSignals(True) for w in widgets]
         self.modelCombo.clear()
         for name in models():
@@ -316,10 +435,25 @@ class SAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.deviceCombo.setCurrentIndex(max(0, self.deviceCombo.findData(SAMSegmentSettings.get("Device"))))
         self.cacheSpin.value = SAMSegmentSettings.get("CacheMB")
         self.weightsDir.currentPath = SAMSegmentSettings.get("WeightsDir")
+        self.backendCombo.setCurrentIndex(max(0, self.backendCombo.findData(SAMSegmentSettings.get("Backend"))))
+        remote = SAMSegmentSettings.get("EngineMode") == "remote"
+        self.engineModeCombo.setCurrentIndex(1 if remote else 0)
+        self.engineUrl.text = SAMSegmentSettings.get("EngineURL")
+        self.engineToken.text = SAMSegmentSettings.get("EngineToken")
+        self.engineUrl.enabled = self.engineToken.enabled = remote
         for w, b in zip(widgets, blocked, strict=True):
             w.blockSignals(b)
         status = self.logic.status(current)
         self.statusLabel.text = f"{status.label}: {status.detail}" if status.detail else status.label
+        provider = _engineProvider
+        engine = provider.current if provider is not None else None
+        if remote:
+            where = f"Remote engine: {SAMSegmentSettings.get('EngineURL') or '(no URL set)'}"
+        else:
+            where = "Local engine process: " + (engine.description if engine is not None else "starts on first use")
+            where += f". Log: {engineLogPath()}"
+        crash = provider.last_crash if provider is not None else None
+        self.engineLabel.text = where + (f"\nLast problem: {crash}" if crash else "")
 
     def onModelChanged(self, index):
         SAMSegmentSettings.set("Model", self.modelCombo.itemData(index))
@@ -327,6 +461,26 @@ class SAMSegmentWidget(ScriptedLoadableModuleWidget):
 
     def onDeviceChanged(self, index):
         SAMSegmentSettings.set("Device", self.deviceCombo.itemData(index))
+        shutdownEngine()  # the local engine starts with the new device on the next action
+
+    def onBackendChanged(self, index):
+        SAMSegmentSettings.set("Backend", self.backendCombo.itemData(index))
+        shutdownEngine()
+
+    def onEngineSettingsChanged(self, *unused):
+        mode = self.engineModeCombo.itemData(self.engineModeCombo.currentIndex)
+        changed = (mode != SAMSegmentSettings.get("EngineMode") or self.engineUrl.text != SAMSegmentSettings.get("EngineURL")
+                   or self.engineToken.text != SAMSegmentSettings.get("EngineToken"))
+        SAMSegmentSettings.set("EngineMode", mode)
+        SAMSegmentSettings.set("EngineURL", self.engineUrl.text.strip())
+        SAMSegmentSettings.set("EngineToken", self.engineToken.text.strip())
+        if changed:
+            shutdownEngine()
+        self.refresh()
+
+    def onRestartEngine(self):
+        shutdownEngine()
+        self.refresh()
 
     def onWeightsDirChanged(self, path):
         SAMSegmentSettings.set("WeightsDir", path)

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "only; 0.0.0.0 for every interface, which needs a token)")
     serve.add_argument("--port", type=int, default=0, help="TCP port (default 0: pick a free one and print it)")
     serve.add_argument("--token-file", default=None,
-                       help="file whose first line is the access token clients must send (or set SAMSEGMENT_TOKEN)")
+                       help="file of access tokens, one per line (each user or workstation its own); clients send "
+                       "one of them (or set SAMSEGMENT_TOKEN for a single token)")
     serve.add_argument("--device", default="auto", help="cuda, mps, cpu or auto for sessions that ask for 'auto'")
     serve.add_argument("--backend", default="auto", help="auto, torch or openvino for sessions that ask for 'auto'")
     serve.add_argument("--precision", default="auto", help="auto, fp32 or bf16 for sessions that ask for 'auto'")
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "or download / verify one.")
     models.add_argument("--download", metavar="NAME", help="download (if needed) and verify the weights of NAME")
     models.add_argument("--verify", metavar="NAME", help="re-hash the weights of NAME against the registry")
+    models.add_argument("--progress-file", default=None, help=argparse.SUPPRESS)  # Slicer reads download progress
 
     ev = sub.add_parser("evaluate", help="simulate prompts from a reference label and measure accuracy",
                         description="Simulate prompts from a reference label, segment, and report Dice, normalised "
@@ -246,16 +248,16 @@ def _engine_for(args):
 def cmd_serve(args) -> int:
     from .engine.api import SessionSpec
     from .engine.core import EngineCore
-    from .engine.server import read_token, serve
+    from .engine.server import read_tokens, serve
 
     if args.weights_dir:
         os.environ["SAMSEGMENT_WEIGHTS_DIR"] = args.weights_dir
     logging.getLogger("SAMSegmentLib").setLevel(logging.INFO)
-    token = read_token(args.token_file)
+    tokens = read_tokens(args.token_file)
     core = EngineCore(defaults=SessionSpec(device=args.device, backend=args.backend, precision=args.precision))
     for name in args.preload:
         core.model(SessionSpec(model=name))
-    return serve(host=args.host, port=args.port, token=token, core=core, shared_dir=args.shared_dir,
+    return serve(host=args.host, port=args.port, tokens=tokens, core=core, shared_dir=args.shared_dir,
                  ready_file=args.ready_file, exit_with_parent=args.exit_with_parent, tls_cert=args.tls_cert,
                  tls_key=args.tls_key, max_upload_mb=args.max_upload_mb)
 
@@ -273,7 +275,21 @@ def cmd_models(args) -> int:
             print(f"{spec.name}: {'verified' if state.verified else 'CHECKSUM MISMATCH'} ({state.path})")
             return 0 if state.verified else 1
         bar = ProgressBar(f"download {spec.name}")
-        path = ensure_weights(spec, progress=lambda done, total: bar(done, total or max(done, 1)))
+        report = _ProgressFile(args.progress_file) if args.progress_file else None
+
+        def progress(done: int, total: int | None) -> None:
+            bar(done, total or max(done, 1))
+            if report is not None:
+                report.write(done=done, total=total or spec.size_bytes or 0)
+
+        try:
+            path = ensure_weights(spec, progress=progress)
+        except Exception as exc:
+            if report is not None:
+                report.write(error=str(exc), force=True)
+            raise
+        if report is not None:
+            report.write(path=str(path), force=True)
         print(f"{spec.name}: verified at {path}")
         return 0
     print(f"{'model':24} {'family':11} {'weights':10} {'size':>9}  license      description")
@@ -283,6 +299,26 @@ def cmd_models(args) -> int:
         size = spec.size_bytes or 0
         print(f"{spec.name:24} {spec.family:11} {status:10} {size / 1e6:7.0f}MB  {spec.license:12} {spec.description}")
     return 0
+
+
+class _ProgressFile:
+    """A JSON file a parent process polls (the Slicer module's download dialog), replaced atomically, at most
+    five times a second unless forced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._last = 0.0
+
+    def write(self, force: bool = False, **values) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.2:
+            return
+        self._last = now
+        import json
+
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(values))
+        tmp.replace(self.path)
 
 
 def cmd_evaluate(args) -> int:

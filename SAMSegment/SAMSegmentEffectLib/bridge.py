@@ -320,6 +320,28 @@ class LogicEditor:
     def save_state_for_undo(self) -> None:
         self.logic.SaveStateForUndo()
 
+    @property
+    def single_mask_segment_id(self) -> str | None:
+        """The segment X when the editable area is "inside a single segment X", else None."""
+        node = self.logic.GetSegmentEditorNode()
+        return _single_mask_segment(node)
+
+    def remove_unmasked(self, segment_id: str, labelmap) -> None:
+        """Remove ``labelmap``'s voxels from ``segment_id`` with the editable area bypassed (intensity masking, when
+        on, still applies: the editor applies it to every modification)."""
+        self.logic.ModifySegmentByLabelmap(self.segmentation_node, segment_id, labelmap,
+                                           self.logic.ModificationModeRemove, False, True)
+
+    def intensity_range(self) -> tuple[float, float] | None:
+        node = self.logic.GetSegmentEditorNode()
+        return _intensity_range(node)
+
+    def source_on_modifier_grid(self):
+        """The source volume resampled to the modifier labelmap's grid (what intensity masking thresholds)."""
+        if not self.logic.UpdateAlignedSourceVolume():
+            return None
+        return self.logic.GetAlignedSourceVolume()
+
 
 class EffectEditor:
     """Writes through a Segment Editor effect (``scriptedEffect`` of a qSlicerSegmentEditorScriptedEffect)."""
@@ -345,6 +367,38 @@ class EffectEditor:
 
     def save_state_for_undo(self) -> None:
         self.effect.saveStateForUndo()
+
+    @property
+    def single_mask_segment_id(self) -> str | None:
+        return _single_mask_segment(self.effect.parameterSetNode())
+
+    def intensity_range(self) -> tuple[float, float] | None:
+        return _intensity_range(self.effect.parameterSetNode())
+
+    def source_on_modifier_grid(self):
+        return self.effect.sourceVolumeImageData()
+
+    def remove_unmasked(self, segment_id: str, labelmap) -> None:
+        base = slicer.qSlicerSegmentEditorAbstractEffect
+        # (segmentationNode, segmentID, labelmap, mode, bypassMasking): the overload without an extent
+        self.effect.modifySegmentByLabelmap(self.segmentation_node, segment_id, labelmap,
+                                            base.ModificationModeRemove, True)
+
+
+def _intensity_range(editor_node) -> tuple[float, float] | None:
+    """(low, high) of the intensity mask when it is on, else None."""
+    if editor_node is None or not editor_node.GetSourceVolumeIntensityMask():
+        return None
+    low, high = editor_node.GetSourceVolumeIntensityMaskRange()
+    return float(low), float(high)
+
+
+def _single_mask_segment(editor_node) -> str | None:
+    if editor_node is None:
+        return None
+    if editor_node.GetMaskMode() != slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment:
+        return None
+    return editor_node.GetMaskSegmentID() or None
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -457,6 +511,24 @@ def write_slices(editor, geometry: VolumeGeometry, slices: Iterable, mode: str =
         return result
     if save_undo:
         editor.save_state_for_undo()
+    # With the editable area "inside a single segment X", Slicer's Remove gives the removed voxels to X (Erase's
+    # behaviour there, end of vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap). A replace must never grow
+    # another segment: note X before the removal and take back what it gained.
+    mask_segment = getattr(editor, "single_mask_segment_id", None)
+    if mask_segment == segment_id:
+        mask_segment = None
+    if mask_segment is not None and result.removed_extent is not None:
+        # In that mode Slicer's Remove also makes the segment's own voxels editable, intensity mask included, so a
+        # removal would ignore the intensity mask: keep only the voxels inside the intensity range.
+        removed = _within_intensity_range(editor, removed, extent)
+        result.removed = int(removed.sum())
+        result.removed_extent = _bbox_extent(removed, origin)
+        if not result.changed:
+            return result
+    x_before = None
+    if mask_segment is not None and result.removed_extent is not None:
+        x_segment, x_labelmap = _segment_labelmap(segmentation_node, mask_segment)
+        x_before = read_segment_on_grid(x_segment, x_labelmap, grid, result.removed_extent)
     for values, change_extent, op in ((removed, result.removed_extent, "remove"), (added, result.added_extent, "add")):
         if change_extent is None:
             continue
@@ -468,7 +540,36 @@ def write_slices(editor, geometry: VolumeGeometry, slices: Iterable, mode: str =
             values[_extent_slices(change_extent, extent)]
         modifier.Modified()
         editor.modify(modifier, op, change_extent)
+        if op == "remove" and x_before is not None:
+            _take_back(editor, segmentation_node, mask_segment, grid, change_extent, x_before)
     return result
+
+
+def _within_intensity_range(editor, values: np.ndarray, extent) -> np.ndarray:
+    """``values`` (over ``extent`` of the modifier grid) limited to voxels whose source intensity lies in the intensity
+    mask's range; unchanged when intensity masking is off."""
+    window = editor.intensity_range() if hasattr(editor, "intensity_range") else None
+    if window is None:
+        return values
+    source = editor.source_on_modifier_grid()
+    if source is None:
+        raise BridgeError("intensity masking is on but the source volume cannot be read")
+    intensities = image_array(source)[_extent_slices(extent, tuple(source.GetExtent()))]
+    return values & (intensities >= window[0]) & (intensities <= window[1])
+
+
+def _take_back(editor, segmentation_node, segment_id: str, grid: np.ndarray, extent, before: np.ndarray) -> None:
+    """Remove from ``segment_id`` the voxels it gained inside ``extent`` since ``before`` was read."""
+    segment, labelmap = _segment_labelmap(segmentation_node, segment_id)
+    gained = read_segment_on_grid(segment, labelmap, grid, extent) & ~before
+    if not gained.any():
+        return
+    modifier = editor.default_modifier_labelmap()
+    if modifier is None:
+        raise BridgeError("the Segment Editor could not create a modifier labelmap")
+    image_array(modifier)[_extent_slices(extent, tuple(modifier.GetExtent()))] = gained
+    modifier.Modified()
+    editor.remove_unmasked(segment_id, modifier)
 
 
 def _expand_slice(mask: np.ndarray, axis: str) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The "Segment Anything" Segment Editor effect: a thin shell around tested, Qt-free modules.
 
 - SAMSegmentEffectLib.interaction: which voxel slice a view shows (oblique views refused), clicks/drags -> prompts per slice
-- SAMSegmentEffectLib.controller: the one worker thread (all torch work), preview / prefetch / propagate jobs, their events
+- SAMSegmentEffectLib.controller: requests to the engine process (no model code and no Python thread in Slicer),
+  preview / prefetch / propagate, their events
 - SAMSegmentEffectLib.bridge: masks <-> segments through the editor's modify-by-labelmap path (masking, overwrite, undo)
 
 Keys (chosen to avoid the Segment Editor's own shortcuts: Escape, Space, z, y, i, q, w, digits, punctuation, and the
@@ -9,6 +10,8 @@ slice views' b, f, g, r, t, v and arrows):
   left click = include point, Shift+click = exclude point, left drag = box,
   Enter = apply, p = propagate, BackSpace or x = remove the slice's last prompt, Delete = clear the slice's prompts.
 Escape keeps its Segment Editor meaning (leave the effect); an unapplied preview is then discarded.
+Keys reach the effect only while the slice view has keyboard focus (it gets it when clicked); keypad Enter arrives
+as "Return" (never "KP_Enter"); keys bound to Segment Editor shortcuts (Ctrl+Z, Ctrl+Y, ...) never arrive.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from SAMSegmentEffectLib.bridge import (
     read_segment_slice,
     write_slices,
 )
-from SAMSegmentEffectLib.controller import SegmentAnythingController, model_status, models
+from SAMSegmentEffectLib.controller import SegmentAnythingController, model_status, models, user_message
 from SAMSegmentEffectLib.interaction import (
     GestureTracker,
     PromptStore,
@@ -38,7 +41,7 @@ from SAMSegmentEffectLib.interaction import (
 )
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-POLL_MS = 40
+POLL_MS = 40  # each tick moves the engine's sockets along for at most controller.POLL_BUDGET_S (10 ms)
 PREFETCH_OFFSETS = (0, 1, -1, 2, -2)
 DIRECTIONS = [("both", "Both directions"), ("forward", "Increasing slice index"),
               ("backward", "Decreasing slice index")]
@@ -111,6 +114,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.volumeKey = None
         self.modelReady = False
         self.activeAxis = None
+        self.polling = False  # onPoll re-entry guard (a dialog opened from a tick runs a nested event loop)
+        self.pendingDialogs = []
+        self.showingDialog = False
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
@@ -279,7 +285,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def activate(self):
         if self.controller is None:
-            self.controller = SegmentAnythingController()
+            from SAMSegment import engineProvider
+
+            self.controller = SegmentAnythingController(engine=engineProvider())
         self.modelReady = False
         self.refreshModelCombo()
         self.timer.start()
@@ -298,8 +306,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def cleanup(self):
         self.deactivate()
+        self.timer.disconnect("timeout()", self.onPoll)
         if self.controller is not None:
-            self.controller.shutdown()
+            self.controller.shutdown()  # closes this effect's session; the module stops the shared engine at exit
             self.controller = None
 
     def sourceVolumeNodeChanged(self):
@@ -338,24 +347,34 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return True
         from SAMSegment import SAMSegmentLogic
 
+        logic = SAMSegmentLogic()
+        if logic.preparing:  # a click while the first-use install runs: no nested install
+            self.setStatus("Installing what the model needs; wait for it to finish.")
+            return False
         name = self.settings.get("Model")
         if model_status(name).state != "ready":
             self.setStatus(f"Preparing {name}...")
-            if not SAMSegmentLogic().prepareModel(name, slicer.util.mainWindow()):
+            if not logic.prepareModel(name, slicer.util.mainWindow()):
                 self.setStatus(f"{name} is not ready: choose another model or install what it needs.", error=True)
                 self.refreshModelCombo()
                 return False
             self.refreshModelCombo()
-        self.controller.configure(name, self.settings.get("Device"), self.settings.get("CacheMB"))
+        self.controller.configure(name, self.settings.get("Device"), self.settings.get("CacheMB"),
+                                  backend=self.settings.get("Backend"), precision=self.settings.get("Precision"))
         if not self.ensureVolume():
             return False
-        self.controller.load()
-        self.setStatus(f"Loading {name}...")
+        try:
+            self.controller.load()
+        except Exception as exc:  # e.g. no server URL set: a message, not a traceback
+            self.setStatus(user_message(exc), error=True)
+            return False
+        self.setStatus(f"Starting the engine and loading {name}...")
         self.modelReady = True
         return True
 
-    def ensureVolume(self) -> bool:
-        """Source volume -> controller (array view, no copy) and bridge geometry; False with a message if absent.
+    def ensureVolume(self, quiet=False) -> bool:
+        """Source volume -> controller (array view, no copy) and bridge geometry; False (with a message unless
+        ``quiet``) if absent.
 
         The engine's volume is rebuilt (embeddings recomputed) only when the voxels or the voxel geometry change; the
         bridge geometry also follows parent transforms.
@@ -364,12 +383,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         volumeNode = parameterNode.GetSourceVolumeNode() if parameterNode else None
         segmentationNode = parameterNode.GetSegmentationNode() if parameterNode else None
         if volumeNode is None or volumeNode.GetImageData() is None or segmentationNode is None:
-            self.setStatus("Select a segmentation and a source volume.", error=True)
+            if not quiet:
+                self.setStatus("Select a segmentation and a source volume.", error=True)
             return False
         try:
             geometry = VolumeGeometry.from_volume_node(volumeNode, segmentationNode)
         except BridgeError as exc:
-            self.setStatus(str(exc), error=True)
+            if not quiet:
+                self.setStatus(str(exc), error=True)
             return False
         ijkToRas = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijkToRas)
@@ -400,8 +421,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # ------------------------------------------------------------------------------------------- views
 
     def sliceView(self, sliceWidget, quiet=False):
-        """The SliceView (axis, index, pixel -> voxel) of a slice widget, or None with a message."""
-        if self.geometry is None and not self.ensureVolume():
+        """The SliceView (axis, index, pixel -> voxel) of a slice widget, or None with a message (none if ``quiet``)."""
+        if self.geometry is None and not self.ensureVolume(quiet=quiet):
             return None
         sliceNode = sliceWidget.sliceLogic().GetSliceNode()
         if sliceNode.GetLayoutGridRows() * sliceNode.GetLayoutGridColumns() > 1:
@@ -412,7 +433,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         ijkToRas = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijkToRas)
         toWorld = vtk.vtkMatrix4x4()
-        slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(volumeNode.GetParentTransformNode(), None, toWorld)
+        if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(volumeNode.GetParentTransformNode(), None,
+                                                                           toWorld):
+            if not quiet:
+                self.setStatus("The source volume is under a non-linear transform: harden it (Data module: "
+                               "right-click the volume > Harden transform) to prompt on it.", error=True)
+            return None
         ijkToWorld = _matrix(toWorld) @ _matrix(ijkToRas)
         name = f"The {sliceNode.GetLayoutName() or sliceNode.GetName()} view"
         try:
@@ -490,8 +516,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return False
 
     def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
-        """Slice moved, panned or zoomed: redraw the prompts there and prefetch embeddings around the new slice."""
+        """Slice moved, panned or zoomed: redraw the prompts there and prefetch embeddings around the new slice.
+        Quiet: panning without a source volume must not write an error on every move."""
         if not callerViewNode or not callerViewNode.IsA("vtkMRMLSliceNode"):
+            return
+        if self.geometry is None and not self.ensureVolume(quiet=True):
             return
         self.redraw(viewWidget)
         if not self.modelReady or self.controller is None:
@@ -615,15 +644,29 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # ------------------------------------------------------------------------------------------- results
 
     def onPoll(self):
-        if self.controller is None:
+        if self.controller is None or self.polling:
             return
-        for event in self.controller.poll():
-            try:
-                self.handleEvent(event)
-            except Exception as exc:  # never let the timer die with a traceback
-                logging.exception("Segment Anything: handling %s failed", event.kind)
-                self.setStatus(f"{type(exc).__name__}: {exc}", error=True)
-        self.updateButtons()
+        self.polling = True
+        try:
+            for event in self.controller.poll():
+                try:
+                    self.handleEvent(event)
+                except Exception as exc:  # never let the timer die with a traceback
+                    logging.exception("Segment Anything: handling %s failed", event.kind)
+                    self.setStatus(f"{type(exc).__name__}: {exc}", error=True)
+            self.updateButtons()
+        finally:
+            self.polling = False
+        # Dialogs run a nested event loop in which this timer keeps firing: open them only after the tick, one at
+        # a time (messages arriving meanwhile wait for the open one to close).
+        if self.showingDialog:
+            return
+        self.showingDialog = True
+        try:
+            while self.pendingDialogs:
+                slicer.util.errorDisplay(self.pendingDialogs.pop(0), windowTitle="Segment Anything")
+        finally:
+            self.showingDialog = False
 
     def handleEvent(self, event):
         if event.kind == "status":
@@ -647,10 +690,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                            f"Clear all discards them.")
         elif event.kind == "error":
             self.setStatus(event.message, error=True)
-            if event.job in ("propagate", "load"):
-                slicer.util.errorDisplay(event.message, windowTitle="Segment Anything")
-                if event.job == "load":
-                    self.modelReady = False
+            if event.job in ("propagate", "load", "engine"):
+                self.pendingDialogs.append(event.message)
+                if event.job in ("load", "engine"):
+                    self.modelReady = False  # the next action starts (or restarts) the engine
 
     def onApply(self):
         if self.previewLayer is None or len(self.previewLayer) == 0:

@@ -73,13 +73,17 @@ class EngineProcess:
         with os.fdopen(fd, "w") as fh:
             fh.write(self.token + "\n")
         env = dict(os.environ if self.env is None else self.env)
-        package_root = str(Path(SAMSegmentLib.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH", "")] if p])
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("SAMSEGMENT_TOKEN", None)
-        command = [self.python, "-m", "SAMSegmentLib.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--token-file", str(self.token_file), "--shared-dir", str(self.folder),
-                   "--ready-file", str(self.ready_file), "--exit-with-parent", *self.args]
+        # The engine package's folder goes on sys.path by hand: Slicer's PythonSlicer launcher sets PYTHONPATH
+        # itself, and an installed extension's folder is not on it.
+        package_root = str(Path(SAMSegmentLib.__file__).resolve().parent.parent)
+        argv = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--token-file", str(self.token_file),
+                "--shared-dir", str(self.folder), "--ready-file", str(self.ready_file), "--exit-with-parent",
+                *self.args]
+        bootstrap = (f"import sys; sys.path.insert(0, {package_root!r}); from SAMSegmentLib.cli import main; "
+                     f"sys.exit(main({argv!r}))")
+        command = [self.python, "-c", bootstrap]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
         log_file.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())

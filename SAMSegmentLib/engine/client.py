@@ -130,7 +130,7 @@ class _Volume:
                 yield head
                 yield from wire.volume_chunks(self.array, "zlib", UPLOAD_STEP_BYTES)
 
-            self.engine._send("POST", "/v1/volumes", body(), self._sent)
+            self.engine._send("POST", "/v1/volumes", body, self._sent)
 
     def _copy_steps(self) -> Iterator[None]:
         """Copy the array into a file of the shared folder, COPY_STEP_BYTES per step."""
@@ -508,7 +508,7 @@ class RemoteEngine(Engine):
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
-    def _send(self, method: str, path: str, body: bytes | Iterator[bytes] | None,
+    def _send(self, method: str, path: str, body: bytes | Callable[[], Iterator[bytes]] | None,
               on_done: Callable[[_Reply | None, BaseException | None], None], content_type: str | None = None,
               stream: bool = False, on_record: Callable[[dict, list[bytes]], None] | None = None) -> None:
         headers = [("X-SAMSegment-Protocol", str(PROTOCOL_VERSION)), ("User-Agent", f"samsegment/{__version__}")]
@@ -517,7 +517,8 @@ class RemoteEngine(Engine):
         if body is not None:
             headers.append(("Content-Type", content_type or wire.CONTENT_TYPE))
         reply = _Reply(stream, on_record)
-        finished = {"done": False}
+        finished = {"done": False, "retried": False}
+        holder: dict[str, Exchange] = {}
 
         def end() -> None:
             if not finished["done"]:
@@ -525,9 +526,18 @@ class RemoteEngine(Engine):
                 on_done(reply, None)
 
         def error(exc: BaseException) -> None:
-            if not finished["done"]:
-                finished["done"] = True
-                on_done(None, exc if isinstance(exc, EngineError) else EngineUnavailable(self._unreachable(exc)))
+            if finished["done"]:
+                return
+            exchange = holder["exchange"]
+            if (exchange.reused_connection and exchange.status is None and not finished["retried"]
+                    and not isinstance(exc, EngineError)):
+                # A kept-alive connection the server had closed (idle timeout, restart): send once more on a new one.
+                finished["retried"] = True
+                holder["exchange"] = make()
+                self._queue.appendleft(holder["exchange"])
+                return
+            finished["done"] = True
+            on_done(None, exc if isinstance(exc, EngineError) else EngineUnavailable(self._unreachable(exc)))
 
         def data(chunk: bytes) -> None:
             try:
@@ -537,14 +547,21 @@ class RemoteEngine(Engine):
                     finished["done"] = True
                     on_done(None, EngineError(f"the engine's answer could not be read: {exc}"))
 
-        exchange = Exchange(method, self.base + path, headers, body, on_response=reply.response, on_data=data,
+        def make() -> Exchange:
+            payload = body() if callable(body) else body
+            return Exchange(method, self.base + path, headers, payload, on_response=reply.response, on_data=data,
                             on_end=end, on_error=error)
-        self._queue.append(exchange)
+
+        holder["exchange"] = make()
+        self._queue.append(holder["exchange"])
 
     def _unreachable(self, exc: BaseException) -> str:
         return f"the Segment Anything engine at {self.url} cannot be reached ({exc})"
 
     def _assign(self) -> None:
+        for conn in self._connections:
+            if conn.idle and conn.stale():
+                conn.close()
         self._connections = [c for c in self._connections if not c.closed]
         while self._queue:
             idle = next((c for c in self._connections if c.idle), None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 import ssl
 import time
@@ -46,6 +47,7 @@ class Exchange:
         self.status: int | None = None
         self.finished = False
         self.abandoned = False  # the caller no longer wants the answer (the connection is closed instead)
+        self.reused_connection = False  # sent on a connection that had carried earlier exchanges
 
     def _fail(self, exc: BaseException) -> None:
         if not self.finished:
@@ -68,6 +70,7 @@ class Connection:
         self._wire_out = bytearray()  # bytes for the socket
         self._body_iter: Iterator[bytes] | None = None
         self._connected = False
+        self.exchanges = 0  # exchanges started on this connection
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setblocking(False)
@@ -100,6 +103,8 @@ class Connection:
         if self.exchange is not None or self.closed:
             raise RuntimeError("connection busy or closed")
         self.exchange = exchange
+        exchange.reused_connection = self.exchanges > 0
+        self.exchanges += 1
         headers = list(exchange.headers)
         names = {k.lower() for k, _ in headers}
         if "host" not in names:
@@ -121,6 +126,22 @@ class Connection:
         else:
             self._plain_out += self.h11.send(h11.EndOfMessage())
         self.last_used = time.monotonic()
+
+    def stale(self) -> bool:
+        """True when an idle keep-alive connection was closed by the server (it would fail the next request)."""
+        if self.closed:
+            return True
+        if not self._connected or self.exchange is not None:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                return False
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def abandon(self) -> None:
         """Drop the current exchange without waiting for its answer: the connection closes."""

@@ -60,10 +60,11 @@ UPLOAD_OFFLOAD_BYTES = 1 << 20  # decompress uploads on a thread in pieces of ab
 
 @dataclass
 class ServerSettings:
-    """``token`` None: no token needed (loopback only). ``shared_dir``: the only folder whose files a client may
-    name as a volume source (None: file sources refused). ``max_upload_mb``: the largest volume accepted."""
+    """``tokens`` empty: no token needed (loopback only); otherwise each client sends one of them, and what a client
+    opens belongs to its token. ``shared_dir``: the only folder whose files a client may name as a volume source
+    (None: file sources refused). ``max_upload_mb``: the largest volume accepted."""
 
-    token: str | None = None
+    tokens: tuple[str, ...] = ()
     shared_dir: Path | None = None
     max_upload_mb: int = 4096
 
@@ -95,16 +96,19 @@ def create_app(core: EngineCore, settings: ServerSettings | None = None) -> Star
             raise HTTPError(409, f"this server runs SAMSegment {__version__} (protocol {PROTOCOL_VERSION}) and the "
                                  f"client speaks protocol {sent}: update the server or the extension so they match",
                             "protocol-mismatch")
-        if settings.token is None:
+        if not settings.tokens:
             return owner_of(None)
         auth = request.headers.get("authorization", "")
         scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not given:
+        if scheme.lower() != "bearer" or not given.strip():
             raise HTTPError(401, "this server needs an access token: set it in the extension's settings "
                                  "(or SAMSEGMENT_TOKEN / --token-file)", "token-missing")
-        if not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
+        given = given.strip().encode()
+        # compare with every token, in constant time each, so the answer's timing says nothing about which matched
+        matched = [hmac.compare_digest(given, t.encode()) for t in settings.tokens]
+        if not any(matched):
             raise HTTPError(401, "the access token is wrong: check it in the extension's settings", "token-wrong")
-        return owner_of(given.strip())
+        return owner_of(given.decode())
 
     def handler(fn):
         async def endpoint(request: Request) -> Response:
@@ -117,6 +121,8 @@ def create_app(core: EngineCore, settings: ServerSettings | None = None) -> Star
                 return _error(410, str(exc), "session-expired")
             except Busy as exc:
                 return _error(409, str(exc), "busy")
+            except wire.PayloadTooLarge as exc:
+                return _error(413, str(exc), "too-large")
             except (wire.WireError, PromptError, VolumeError, ValueError, KeyError) as exc:
                 return _error(400, _text(exc), "bad-request")
             except ClientDisconnect:
@@ -161,7 +167,7 @@ def create_app(core: EngineCore, settings: ServerSettings | None = None) -> Star
         limit = settings.max_upload_mb << 20
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit + wire.MAX_HEADER_BYTES:
-            raise HTTPError(413, f"the upload is larger than this server's limit of {settings.max_upload_mb} MB",
+            raise HTTPError(413, f"the upload is larger than this server's upload limit of {settings.max_upload_mb} MB",
                             "too-large")
         buffer = bytearray()
         header: dict[str, Any] | None = None
@@ -170,7 +176,7 @@ def create_app(core: EngineCore, settings: ServerSettings | None = None) -> Star
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit + wire.MAX_HEADER_BYTES:
-                raise HTTPError(413, f"the upload is larger than this server's limit of {settings.max_upload_mb} MB",
+                raise HTTPError(413, f"the upload is larger than this server's upload limit of {settings.max_upload_mb} MB",
                                 "too-large")
             buffer += chunk
             if header is None:
@@ -417,18 +423,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_token(token_file: str | None) -> str | None:
-    """The access token: from ``token_file`` (first line), else SAMSEGMENT_TOKEN, else None."""
+def read_tokens(token_file: str | None) -> list[str]:
+    """Access tokens: one per line of ``token_file`` (blank lines and lines starting with # ignored), else
+    SAMSEGMENT_TOKEN, else none. A server accepts any of them; a client uses the first."""
     if token_file:
         try:
-            text = Path(token_file).read_text().strip().splitlines()
+            lines = Path(token_file).read_text().splitlines()
         except OSError as exc:
             raise EngineError(f"cannot read the token file {token_file}: {exc.strerror}") from None
-        if not text or not text[0].strip():
-            raise EngineError(f"the token file {token_file} is empty")
-        return text[0].strip()
+        tokens = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        if not tokens:
+            raise EngineError(f"the token file {token_file} holds no token")
+        short = [t for t in tokens if len(t) < 16]
+        if short:
+            raise EngineError(f"the token file {token_file} has a token shorter than 16 characters: use long random "
+                              f"tokens (e.g. python -c \"import secrets; print(secrets.token_urlsafe(32))\")")
+        return tokens
     token = os.environ.get("SAMSEGMENT_TOKEN", "").strip()
-    return token or None
+    return [token] if token else []
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The client's access token: the first of ``read_tokens``, or None."""
+    tokens = read_tokens(token_file)
+    return tokens[0] if tokens else None
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -448,7 +466,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(host: str = "127.0.0.1", port: int = 0, token: str | None = None, core: EngineCore | None = None,
+def serve(host: str = "127.0.0.1", port: int = 0, tokens: list[str] | tuple[str, ...] = (),
+          core: EngineCore | None = None,
           shared_dir: str | None = None, ready_file: str | None = None, exit_with_parent: bool = False,
           tls_cert: str | None = None, tls_key: str | None = None, max_upload_mb: int = 4096,
           log_level: str = "warning") -> int:
@@ -456,13 +475,13 @@ def serve(host: str = "127.0.0.1", port: int = 0, token: str | None = None, core
     {url, port, pid, version} to ``ready_file`` (written to a temporary name, then renamed) for a parent process."""
     import uvicorn
 
-    if not is_loopback(host) and token is None:
+    if not is_loopback(host) and not tokens:
         raise EngineError(f"refusing to listen on {host} without an access token: pass --token-file FILE or set "
                           f"SAMSEGMENT_TOKEN (clients on other machines must authenticate)")
     if bool(tls_cert) != bool(tls_key):
         raise EngineError("TLS needs both --tls-cert and --tls-key")
     core = core or EngineCore()
-    settings = ServerSettings(token=token, shared_dir=Path(shared_dir) if shared_dir else None,
+    settings = ServerSettings(tokens=tuple(tokens), shared_dir=Path(shared_dir) if shared_dir else None,
                               max_upload_mb=max_upload_mb)
     app = create_app(core, settings)
     sock = bind_socket(host, port)

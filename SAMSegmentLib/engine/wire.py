@@ -29,6 +29,7 @@ VOLUME_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32
 
 __all__ = [
     "CONTENT_TYPE",
+    "PayloadTooLarge",
     "STREAM_CONTENT_TYPE",
     "RecordReader",
     "VolumeDecoder",
@@ -48,6 +49,10 @@ __all__ = [
 
 class WireError(ValueError):
     """A payload that does not follow the format; the message says what is wrong (answered with HTTP 400)."""
+
+
+class PayloadTooLarge(WireError):
+    """A volume larger than the server accepts (answered with HTTP 413)."""
 
 
 # ------------------------------------------------------------------------------------------------ envelopes
@@ -280,7 +285,8 @@ def parse_volume_header(header: dict[str, Any], max_bytes: int) -> tuple[tuple[i
     dt = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dt.itemsize
     if nbytes > max_bytes:
-        raise WireError(f"the volume is {nbytes / 1e6:,.0f} MB, over this server's limit of {max_bytes / 1e6:,.0f} MB")
+        raise PayloadTooLarge(f"the volume is {nbytes / 1e6:,.1f} MB, over this server's upload limit of "
+                              f"{max_bytes / 2**20:,.0f} MB")
     try:
         m = np.asarray(header.get("ijk_to_ras"), dtype=float)
     except (TypeError, ValueError):

@@ -9,9 +9,14 @@ or through ctest (registered with slicer_add_python_unittest in the top-level CM
 weights are downloaded; when PyTorch or that package is missing it installs them in interactive runs and skips
 (saying why) under --testing, where no dialog may open.
 
-What it checks: the effect registers and activates; programmatic prompts on MRHead give a preview; Apply writes it
-into the selected segment as one undo step; propagation writes more slices as one undo step; undo restores the
-segment; an oblique view is refused with a message when slice views exist.
+What it checks: the effect registers and activates; the engine process starts; programmatic prompts on MRHead give
+a preview within a bounded time; Apply writes it into the selected segment as one undo step; propagation writes
+more slices as one undo step; undo restores the segment; an oblique view is refused with a message when slice
+views exist.
+
+Waiting: it runs Qt's own event loop in short slices (as Slicer's main thread does when idle, holding the GIL, since
+Slicer never enables PythonQt's thread support), never ``time.sleep``, which would release the GIL and hide a
+starved Python thread.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ if (_SOURCE / "SAMSegment" / "SAMSegment.py").is_file():
 
 EFFECT = "Segment Anything"
 MODEL = "litemedsam"
+FIRST_PREVIEW_LIMIT_S = 30.0  # from the click to the mask in the preview layer, model already loaded
 
 
 class SAMSegmentSelfTest(ScriptedLoadableModuleTest):
@@ -46,14 +52,19 @@ class SAMSegmentSelfTest(ScriptedLoadableModuleTest):
 
     # --------------------------------------------------------------------------------------------- helpers
 
-    def _wait(self, effect, until, timeout=300.0, what="the worker"):
-        """Pump Qt events (the effect drains its jobs on a QTimer) until ``until()`` is true."""
-        deadline = time.monotonic() + timeout
+    def _wait(self, effect, until, timeout=300.0, what="the engine"):
+        """Run Qt's event loop (the effect polls the engine on a QTimer) in 20 ms slices until ``until()`` is true;
+        returns the seconds it took. The GIL stays with this thread throughout, as in an idle Slicer."""
+        import qt
+
+        start = time.monotonic()
+        deadline = start + timeout
+        loop = qt.QEventLoop()
         while time.monotonic() < deadline:
-            slicer.app.processEvents()
+            qt.QTimer.singleShot(20, loop.quit)
+            loop.exec_()
             if until():
-                return
-            time.sleep(0.02)
+                return time.monotonic() - start
         self.fail(f"timed out after {timeout:.0f} s waiting for {what}; status: {effect.statusLabel.text}")
 
     def _segment(self, segmentationNode, segmentId, volumeNode):
@@ -112,8 +123,9 @@ class SAMSegmentSelfTest(ScriptedLoadableModuleTest):
         effect.prompts.add_point("K", k, (128, 128), include=True)
         effect.activeAxis = "K"
         effect.requestPreview("K", k)
-        self._wait(effect, lambda: effect.previewLayer is not None and effect.previewLayer.has_slice("K", k),
-                   what="the preview")
+        seconds = self._wait(effect, lambda: effect.previewLayer is not None and effect.previewLayer.has_slice("K", k),
+                             timeout=FIRST_PREVIEW_LIMIT_S, what="the first preview")
+        self.delayDisplay(f"First preview after {seconds:.2f} s")
         preview = dict(((a, i), m) for a, i, m in effect.previewLayer.slices())[("K", k)]
         self.assertGreater(int(preview.sum()), 1000, "the preview is (nearly) empty")
         self.assertFalse(self._segment(segmentationNode, segmentId, volumeNode).any(), "preview must not write")

@@ -274,22 +274,45 @@ def test_replace_matches_a_whole_volume_set(scene, mask_mode, overwrite):
     np.testing.assert_array_equal(results[0][1], results[1][1])
 
 
-def test_inside_single_segment_shrinking_returns_voxels_like_erase(scene):
-    """Editable area 'inside segment X': voxels the new mask gives up go back to X (Slicer's Erase behaviour there)."""
+def test_inside_single_segment_shrinking_never_grows_the_mask_segment(scene):
+    """Editable area 'inside segment X': a replace that shrinks the segment must not give the voxels it drops to X
+    (Slicer's Remove does, as Erase there); X changes only where the new mask takes voxels from it."""
     ed = Editor(scene)
-    ed.fill(ed.other, np.ones(ed.geometry.shape_kji, bool))
+    x = np.zeros(ed.geometry.shape_kji, bool)
+    x[:, 1:16, 1:20] = True
+    ed.fill(ed.other, x)
     ed.node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
     ed.node.SetMaskSegmentID(ed.other)
     big = np.zeros((SIZE[1], SIZE[0]), bool)
     big[2:12, 2:15] = True
     write_slices(ed.editor, ed.geometry, [("K", 5, big)])
     np.testing.assert_array_equal(ed.read()[5], big)
-    assert not (ed.read(ed.other)[5] & big).any()  # carved out of X
+    x_after_big = ed.read(ed.other)
+    assert not (x_after_big[5] & big).any()  # carved out of X (overwrite all)
     small = np.zeros_like(big)
     small[4:8, 4:8] = True
     write_slices(ed.editor, ed.geometry, [("K", 5, small)])
     np.testing.assert_array_equal(ed.read()[5], small)
-    np.testing.assert_array_equal(ed.read(ed.other)[5], ~small)  # given back to X
+    np.testing.assert_array_equal(ed.read(ed.other), x_after_big)  # X did not grow back
+
+
+def test_inside_single_segment_replace_respects_the_intensity_mask(scene):
+    ed = Editor(scene)
+    x = np.zeros(ed.geometry.shape_kji, bool)
+    x[:, :, :] = True
+    ed.fill(ed.other, x)
+    before = np.zeros(ed.geometry.shape_kji, bool)
+    before[5, 2:14, 2:18] = True
+    ed.fill(ed.target, before)
+    ed.node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    ed.node.SetMaskSegmentID(ed.other)
+    ed.node.SetSourceVolumeIntensityMask(True)
+    ed.node.SetSourceVolumeIntensityMaskRange(50, 120)
+    x_before = ed.read(ed.other)
+    write_slices(ed.editor, ed.geometry, [("K", 5, np.zeros((SIZE[1], SIZE[0]), bool))])
+    inside = (ed.intensity[5] >= 50) & (ed.intensity[5] <= 120)
+    np.testing.assert_array_equal(ed.read()[5], before[5] & ~inside)  # only in-range voxels left the segment
+    np.testing.assert_array_equal(ed.read(ed.other), x_before)  # and none of them went to X
 
 
 def test_intensity_mask(scene):
