@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--weights-dir", default=None, help="weights cache folder (default: SAMSEGMENT_WEIGHTS_DIR "
                        "or ~/.cache/samsegment/weights)")
     serve.add_argument("--max-upload-mb", type=int, default=4096, help="largest volume accepted, MB (default 4096)")
+    serve.add_argument("--memory-mb", type=int, default=None,
+                       help="budget for all volumes and embedding caches together, MB; idle sessions are evicted "
+                       "(least recently used first) to stay under it (default: no budget)")
+    serve.add_argument("--session-cache-mb", type=int, default=2048,
+                       help="largest embedding cache one session may use, MB (default 2048)")
+    serve.add_argument("--idle-timeout", type=float, default=3600.0,
+                       help="seconds after which an idle session is released (default 3600)")
     serve.add_argument("--tls-cert", default=None, help="TLS certificate (PEM) to serve https")
     serve.add_argument("--tls-key", default=None, help="TLS private key (PEM) for --tls-cert")
     serve.add_argument("--shared-dir", default=None, help=argparse.SUPPRESS)  # local child: volume files from here
@@ -254,7 +261,8 @@ def cmd_serve(args) -> int:
         os.environ["SAMSEGMENT_WEIGHTS_DIR"] = args.weights_dir
     logging.getLogger("SAMSegmentLib").setLevel(logging.INFO)
     tokens = read_tokens(args.token_file)
-    core = EngineCore(defaults=SessionSpec(device=args.device, backend=args.backend, precision=args.precision))
+    core = EngineCore(defaults=SessionSpec(device=args.device, backend=args.backend, precision=args.precision),
+                      memory_mb=args.memory_mb, session_cache_mb=args.session_cache_mb, idle_timeout_s=args.idle_timeout)
     for name in args.preload:
         core.model(SessionSpec(model=name))
     return serve(host=args.host, port=args.port, tokens=tokens, core=core, shared_dir=args.shared_dir,

@@ -442,6 +442,9 @@ class RemoteEngine(Engine):
         self._sessions: list[RemoteSession] = []
         self.server_version: str | None = None
         self.broken: BaseException | None = None
+        # Sent with every request, so that a load balancer in front of several servers can keep all of this client's
+        # volumes and sessions on one of them (nginx: hash $http_x_samsegment_affinity; HAProxy: balance hdr(...)).
+        self.affinity = secrets.token_urlsafe(12)
         self._hello: Request | None = None
         self.hello()
 
@@ -511,7 +514,8 @@ class RemoteEngine(Engine):
     def _send(self, method: str, path: str, body: bytes | Callable[[], Iterator[bytes]] | None,
               on_done: Callable[[_Reply | None, BaseException | None], None], content_type: str | None = None,
               stream: bool = False, on_record: Callable[[dict, list[bytes]], None] | None = None) -> None:
-        headers = [("X-SAMSegment-Protocol", str(PROTOCOL_VERSION)), ("User-Agent", f"samsegment/{__version__}")]
+        headers = [("X-SAMSegment-Protocol", str(PROTOCOL_VERSION)), ("User-Agent", f"samsegment/{__version__}"),
+                   ("X-SAMSegment-Affinity", self.affinity)]
         if self.token:
             headers.append(("Authorization", f"Bearer {self.token}"))
         if body is not None:

@@ -10,6 +10,11 @@ Ids are random (``secrets.token_urlsafe``), never sequential.
 
 Jobs are ``worker.Job`` objects (events: progress, result, done, cancelled, error) run on a thread pool; each job
 checks its cancel flag before every slice.
+
+Memory: a session's embedding cache is capped at ``session_cache_mb``; when ``memory_mb`` is set, the volumes plus
+the sessions' caches stay under it: adding a volume or opening a session first evicts idle sessions (no job
+running), least recently used first, then volumes no session uses. Sessions idle for longer than ``idle_timeout_s``
+go too. An evicted session answers "session expired" and the client reopens it.
 """
 
 from __future__ import annotations
@@ -89,6 +94,16 @@ class CoreSession:
     gate: DeviceGate
     last_used: float = field(default_factory=time.monotonic)
     propagation: Job | None = None
+    active: int = 0  # jobs submitted and not finished
+    reserved: int = 0  # bytes of the memory budget set aside for its caches
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the session holds now beyond its volume: cached embeddings (and propagation caches)."""
+        total = int(self.session.predictor.cache.nbytes)
+        chain = getattr(self.session, "_chain", None)
+        total += int(getattr(chain, "nbytes", 0) or 0)
+        return total
 
     @property
     def window(self) -> tuple[float, float, str]:
@@ -100,10 +115,17 @@ class EngineCore:
     """Volumes, models, sessions and jobs of one engine process."""
 
     def __init__(self, model_loader: ModelLoader | None = None, max_workers: int = 16,
-                 defaults: SessionSpec | None = None) -> None:
-        """``defaults``: the device, backend and precision that a client's 'auto' means on this engine."""
+                 defaults: SessionSpec | None = None, memory_mb: int | None = None, session_cache_mb: int = 2048,
+                 idle_timeout_s: float | None = None) -> None:
+        """``defaults``: the device, backend and precision that a client's 'auto' means on this engine;
+        ``memory_mb``: the budget for volumes and caches together (None: unbounded); ``session_cache_mb``: the
+        largest embedding cache a session may ask for; ``idle_timeout_s``: idle sessions older than this go."""
         self._loader = model_loader or default_model_loader
         self.defaults = defaults or SessionSpec()
+        self.memory_bytes = None if memory_mb is None else int(memory_mb) << 20
+        self.session_cache_mb = int(session_cache_mb)
+        self.idle_timeout_s = idle_timeout_s
+        self.evictions = 0
         self._lock = threading.RLock()
         self._volumes: dict[str, StoredVolume] = {}
         self._sessions: dict[str, CoreSession] = {}
@@ -122,6 +144,7 @@ class EngineCore:
             raise VolumeError(f"voxel type {volume.array.dtype} is not a real number type")
         vid = secrets.token_urlsafe(18)
         with self._lock:
+            self._make_room(int(volume.array.nbytes))
             self._volumes[vid] = StoredVolume(vid, owner, volume, int(volume.array.nbytes))
         log.info("volume %s… %s %s (%.1f MB)", vid[:6], volume.array.shape, volume.array.dtype,
                  volume.array.nbytes / 1e6)
@@ -198,9 +221,12 @@ class EngineCore:
             model = self.model(spec)
             ctx.check_cancel()
             window = Window(spec.window[0], spec.window[1], "explicit") if spec.window is not None else None
-            session = SegmentationSession(model, stored.volume, window=window, cache_bytes=spec.cache_mb << 20)
+            cache_bytes = min(spec.cache_mb, self.session_cache_mb) << 20
+            with self._lock:
+                self._make_room(cache_bytes, keep_volume=vid)  # the cache may fill up to its budget: reserve it
+            session = SegmentationSession(model, stored.volume, window=window, cache_bytes=cache_bytes)
             sid = secrets.token_urlsafe(18)
-            core_session = CoreSession(sid, owner, spec, vid, session, self.gate_for(model))
+            core_session = CoreSession(sid, owner, spec, vid, session, self.gate_for(model), reserved=cache_bytes)
             with self._lock:
                 if vid not in self._volumes:
                     raise UnknownSession("session expired: the volume was released while the session opened")
@@ -224,6 +250,49 @@ class EngineCore:
         with self._lock:
             self.session(sid, owner)
             self._drop_session(sid)
+
+    # ----------------------------------------------------------------------------------------------- memory
+
+    @property
+    def memory_used(self) -> int:
+        """Bytes of the budget in use: volumes plus the cache budgets reserved by sessions."""
+        with self._lock:
+            return sum(v.nbytes for v in self._volumes.values()) + sum(s.reserved for s in self._sessions.values())
+
+    def _make_room(self, needed: int, keep_volume: str | None = None) -> None:
+        """Evict idle sessions (LRU), then unused volumes, until ``needed`` more bytes fit; expire old idle
+        sessions. Raises EngineError when the budget cannot hold it. Call with the lock held."""
+        now = time.monotonic()
+        if self.idle_timeout_s is not None:
+            for s in sorted(self._sessions.values(), key=lambda s: s.last_used):
+                if s.active == 0 and now - s.last_used > self.idle_timeout_s:
+                    log.info("session %s… idle for %.0f s: released", s.id[:6], now - s.last_used)
+                    self._drop_session(s.id)
+                    self.evictions += 1
+        if self.memory_bytes is None:
+            return
+        if needed > self.memory_bytes:
+            raise EngineError(f"the volume needs {needed / 2**20:,.0f} MB, more than this server's memory budget of "
+                              f"{self.memory_bytes / 2**20:,.0f} MB")
+        used = sum(v.nbytes for v in self._volumes.values()) + sum(s.reserved for s in self._sessions.values())
+        for s in sorted(self._sessions.values(), key=lambda s: s.last_used):
+            if used + needed <= self.memory_bytes:
+                return
+            if s.active == 0:
+                used -= s.reserved
+                log.info("session %s… evicted to make room (%.0f MB needed)", s.id[:6], needed / 2**20)
+                self._drop_session(s.id)
+                self.evictions += 1
+        for v in sorted(self._volumes.values(), key=lambda v: v.last_used):
+            if used + needed <= self.memory_bytes:
+                return
+            if not v.sessions and v.id != keep_volume:
+                used -= v.nbytes
+                self._volumes.pop(v.id, None)
+                self.evictions += 1
+        if used + needed > self.memory_bytes:
+            raise EngineError("the server is busy: its memory is held by sessions that are working right now; "
+                              "try again in a minute")
 
     def _drop_session(self, sid: str) -> None:
         s = self._sessions.pop(sid, None)
@@ -253,7 +322,7 @@ class EngineCore:
             return PreviewResult(axis, int(index), np.asarray(result.mask, bool), float(result.score), s.window,
                                  time.time())
 
-        return self._submit(f"preview {axis}{index}", run, on_event)
+        return self._submit(f"preview {axis}{index}", run, on_event, s)
 
     def prefetch(self, sid: str, axis: str, indices: list[int], owner: str = "local",
                  on_event: Callable[[JobEvent], None] | None = None) -> Job:
@@ -269,7 +338,7 @@ class EngineCore:
                     done += s.session.prefetch(axis, [index])
             return done
 
-        return self._submit(f"prefetch {axis}", run, on_event)
+        return self._submit(f"prefetch {axis}", run, on_event, s)
 
     def propagate(self, sid: str, axis: str, prompts: dict[int, SlicePrompt], direction: str = "both",
                   frange: tuple[int, int] | None = None, owner: str = "local",
@@ -310,14 +379,28 @@ class EngineCore:
                     s.gate.release()
                 return PropagationSummary(axis, list(result.recomputed), s.window, time.time())
 
-            job = self._submit(f"propagate {axis}", run, on_event)
+            job = self._submit(f"propagate {axis}", run, on_event, s)
             s.propagation = job
         return job
 
-    def _submit(self, name: str, fn, on_event) -> Job:
+    def _submit(self, name: str, fn, on_event, session: CoreSession | None = None) -> Job:
         if self._closed:
             raise EngineError("the engine is shutting down")
-        job = Job(name, fn, (), {}, on_event)
+        if session is not None:
+            with self._lock:
+                session.active += 1
+
+            def counted(event: JobEvent) -> None:
+                if event.kind in ("done", "cancelled", "error"):
+                    with self._lock:
+                        session.active -= 1
+                        session.last_used = time.monotonic()
+                if on_event is not None:
+                    on_event(event)
+
+            job = Job(name, fn, (), {}, counted)
+        else:
+            job = Job(name, fn, (), {}, on_event)
         self._pool.submit(job._run)
         return job
 

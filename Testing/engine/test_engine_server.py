@@ -364,3 +364,113 @@ def test_prompt_errors_keep_their_type_through_the_stream(server):
     with pytest.raises((PromptError, BadRequest), match="exclude"):
         request.wait(10)
     engine.close()
+
+
+# --------------------------------------------------------------------------------------------------- memory
+
+
+def test_memory_budget_evicts_idle_sessions_lru_and_clients_reopen():
+    """Budget for two sessions' caches plus volumes: a third client's session evicts the least recently used idle
+    one, whose next request reopens it transparently (and gives the same mask)."""
+    array, obj = blob_volume()
+    vol_mb = array.nbytes / 2**20
+    core = EngineCore(model_loader=lambda spec: ThresholdModel(), memory_mb=int(2 * 4 + 3 * vol_mb) + 1,
+                      session_cache_mb=4)
+    loads = []
+    with threaded_server(core, tokens=(TOKEN_A,)) as server:
+        engines = [RemoteEngine(server.url, token=TOKEN_A) for _ in range(3)]
+        sessions = []
+        for n, engine in enumerate(engines):
+            session = engine.open_session(array + n, np.eye(4), SessionSpec(window=(0, 1000), cache_mb=64))
+            session.preview("K", 10, BOX).wait(10)
+            sessions.append(session)
+            loads.append(core.memory_used)
+        assert core.evictions >= 1  # the first (least recently used) went to make room for the third
+        assert max(loads) <= core.memory_bytes
+        first = sessions[0].sid
+        assert first not in core.session_ids
+        result = sessions[0].preview("K", 11, BOX).wait(10)  # reopened, volume sent again
+        np.testing.assert_array_equal(result.mask, obj[11])
+        assert sessions[0].sid != first
+        for engine in engines:
+            engine.close()
+
+
+def test_one_model_copy_serves_every_session(server):
+    calls = []
+    core = EngineCore(model_loader=lambda spec: calls.append(spec) or ThresholdModel())
+    with threaded_server(core) as running:
+        engines = [RemoteEngine(running.url) for _ in range(3)]
+        array, _ = blob_volume()
+        for engine in engines:
+            engine.open_session(array, np.eye(4), SPEC).preview("K", 10, BOX).wait(10)
+        assert len(calls) == 1 and len(core.session_ids) == 3
+        for engine in engines:
+            engine.close()
+
+
+def test_idle_sessions_expire():
+    core = EngineCore(model_loader=lambda spec: ThresholdModel(), idle_timeout_s=0.2)
+    with threaded_server(core) as server:
+        engine = RemoteEngine(server.url)
+        array, obj = blob_volume()
+        session = engine.open_session(array, np.eye(4), SPEC)
+        session.preview("K", 10, BOX).wait(10)
+        time.sleep(0.4)
+        other = RemoteEngine(server.url)
+        other.open_session(array, np.eye(4), SPEC).opening.wait(10)  # opening runs the expiry
+        assert session.sid not in core.session_ids
+        np.testing.assert_array_equal(session.preview("K", 9, BOX).wait(10).mask, obj[9])
+        engine.close()
+        other.close()
+
+
+def test_https_with_the_servers_certificate(tmp_path):
+    import ssl
+
+    from engine_servers import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    core = EngineCore(model_loader=lambda spec: ThresholdModel())
+    with threaded_server(core, tokens=(TOKEN_A,), tls=(cert, key)) as server:
+        assert server.url.startswith("https://")
+        trusted = ssl.create_default_context(cafile=cert)
+        engine = RemoteEngine(server.url, token=TOKEN_A, ssl_context=trusted)
+        array, obj = blob_volume()
+        session = engine.open_session(array, np.eye(4), SPEC)
+        np.testing.assert_array_equal(session.preview("K", 10, BOX).wait(10).mask, obj[10])
+        outcomes = collect(session.propagate("K", {10: BOX}, "both"))
+        assert sorted(outcomes) == list(range(20))
+        engine.close()
+        untrusting = RemoteEngine(server.url, token=TOKEN_A)  # the system's CAs do not know this certificate
+        with pytest.raises(EngineError, match="cannot be reached|certificate"):
+            untrusting.hello().wait(10)
+        untrusting.close()
+
+
+def test_a_client_of_another_protocol_gets_an_actionable_message(server, monkeypatch):
+    import SAMSegmentLib.engine.client as client_module
+
+    monkeypatch.setattr(client_module, "PROTOCOL_VERSION", 99)
+    engine = RemoteEngine(server.url, token=TOKEN_A)
+    with pytest.raises(EngineError, match="update the server or the extension"):
+        engine.hello().wait(10)
+    array, _ = blob_volume()
+    session = engine.open_session(array, np.eye(4), SPEC)
+    with pytest.raises(EngineError, match="protocol 99"):
+        session.opening.wait(10)
+    engine.close()
+
+
+def test_tokens_never_reach_the_log(server, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    for token in (TOKEN_A, "a-wrong-token-0123456789", None):
+        raw(server, "POST", "/v1/hello", json.dumps({"protocol": 1}), token=token)
+    engine = RemoteEngine(server.url, token=TOKEN_B)
+    array, _ = blob_volume()
+    engine.open_session(array, np.eye(4), SPEC).preview("K", 10, BOX).wait(10)
+    engine.close()
+    text = caplog.text
+    assert TOKEN_A not in text and TOKEN_B not in text and "a-wrong-token" not in text
