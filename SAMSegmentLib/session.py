@@ -1,6 +1,6 @@
 """One model on one volume: single-slice previews and propagation, the API the effect and the CLI share.
 
-Everything here runs torch: call it on the Worker thread (see worker.py), never on a GUI thread.
+Everything here runs torch: the engine (engine/core.py) calls it on its threads, never on a GUI thread.
 """
 
 from __future__ import annotations

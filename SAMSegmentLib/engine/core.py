@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from ..jobs import Job, JobCancelled, JobContext, JobEvent
 from ..prompts import PromptError, SlicePrompt
 from ..request import DIRECTIONS, SegmentationRequest
 from ..volume import AXES, Volume, VolumeError
-from ..worker import Job, JobCancelled, JobContext, JobEvent
 from .api import (
     PRIORITY_PREFETCH,
     PRIORITY_PREVIEW,

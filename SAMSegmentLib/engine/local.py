@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..jobs import JobEvent
 from ..prompts import SlicePrompt
-from ..worker import JobEvent
 from .api import Engine, EngineError, EngineEvent, EngineSession, Request, SessionSpec
 from .core import EngineCore, ModelLoader
 

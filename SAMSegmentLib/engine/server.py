@@ -45,9 +45,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
+from ..jobs import JobEvent
 from ..prompts import PromptError
 from ..volume import VolumeError
-from ..worker import JobEvent
 from . import wire
 from .api import PROTOCOL_VERSION, EngineError, SessionSpec
 from .core import Busy, EngineCore, UnknownSession

@@ -1,7 +1,6 @@
-"""One long-lived thread that owns all torch work; jobs with progress, cancel and streamed results.
+"""Jobs: a unit of engine work with progress, cancel and streamed results (the engine core runs them on its threads).
 
-No Qt, no MRML: the caller (Slicer's main thread via a short timer, or the command line) polls ``Job.drain()``
-or passes callbacks, which run on the worker thread.
+No Qt, no MRML: callers drain ``Job.drain()`` or pass an event callback, which runs on the job's thread.
 
 A job function has the signature ``fn(ctx: JobContext, *args, **kwargs)``; it reports with ``ctx.progress(done,
 total)``, streams partial results with ``ctx.emit(item)`` and must call ``ctx.check_cancel()`` (or read
@@ -57,7 +56,8 @@ class JobContext:
 
 
 class Job:
-    """A unit of work queued on the Worker. States: queued, running, done, cancelled, error."""
+    """A unit of work for the engine's threads. States: queued, running, done, cancelled, error.
+    ``_run()`` executes it (once) on the calling thread."""
 
     def __init__(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict,
                  on_event: Callable[[JobEvent], None] | None = None) -> None:
@@ -136,60 +136,3 @@ class Job:
             self._push(JobEvent("error", exc))
         finally:
             self._finished.set()
-
-
-class Worker:
-    """A single daemon thread running jobs one at a time, in submission order."""
-
-    THREAD_NAME = "SAMSegment-worker"
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name=self.THREAD_NAME, daemon=True)
-        self._current: Job | None = None
-        self._thread.start()
-
-    def submit(self, fn: Callable[..., Any], *args: Any, name: str | None = None,
-               on_event: Callable[[JobEvent], None] | None = None, **kwargs: Any) -> Job:
-        job = Job(name or getattr(fn, "__name__", "job"), fn, args, kwargs, on_event)
-        self._queue.put(job)
-        return job
-
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` (no context argument) on the worker and wait for its value."""
-        return self.submit(lambda _ctx: fn(*args, **kwargs), name=getattr(fn, "__name__", "call")).get(timeout)
-
-    def cancel_all(self) -> None:
-        """Cancel the running job and every queued one."""
-        if self._current is not None:
-            self._current.cancel()
-        pending = []
-        while True:
-            try:
-                pending.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        for job in pending:
-            if job is None:
-                self._queue.put(None)
-                continue
-            job.cancel()
-            self._queue.put(job)
-
-    @property
-    def is_worker_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
-    def shutdown(self, timeout: float | None = 5.0) -> None:
-        self.cancel_all()
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            self._current = job
-            job._run()
-            self._current = None
