@@ -199,16 +199,9 @@ class Connection:
         return True
 
     def _handshake(self) -> bool:
+        """Advance the TLS handshake with what the socket allows now; True once it is complete."""
         assert self._tls is not None
-        try:
-            self._tls.do_handshake()
-            self._handshaken = True
-        except ssl.SSLWantReadError:
-            pass
-        self._flush_tls()
-        self._write_socket()
-        if not self._handshaken:
-            self._read_socket_into_tls()
+        for attempt in range(2):
             try:
                 self._tls.do_handshake()
                 self._handshaken = True
@@ -216,6 +209,9 @@ class Connection:
                 pass
             self._flush_tls()
             self._write_socket()
+            if self._handshaken or attempt:
+                break
+            self._read_socket_into_tls()  # then try once more with what has arrived
         return self._handshaken
 
     def _flush_tls(self) -> None:
