@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,3 +21,9 @@ def shared_case(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared test data not found at {path} (CI always has ../shared beside the repository)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _weights_cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Weights checksum records (and any download) go to a temporary folder, never the user's cache."""
+    os.environ["SAMSEGMENT_WEIGHTS_DIR"] = str(tmp_path_factory.mktemp("weights"))
