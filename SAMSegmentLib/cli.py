@@ -31,6 +31,25 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "benchmarks/bench_engine.py), fp32 on GPUs; or force fp32 / bf16")
 
 
+def _add_series_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="SeriesInstanceUID of the series to read when the IMAGE folder holds several DICOM series")
+
+
+def parse_color(text: str | None) -> tuple[float, float, float] | None:
+    """'R,G,B' with values 0-255 -> RGB in [0, 1]; None -> None (the default colour)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise CliError(f"--segment-color must be three numbers from 0 to 255, e.g. 255,128,0, not {text!r}")
+    r, g, b = (v / 255.0 for v in values)
+    return r, g, b
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samsegment",
@@ -45,9 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment IMAGE from prompts in PROMPTS (a PROMPTS.json, or a Slicer markups .mrk.json) and write a "
         "labelmap (value 1 inside) on the image grid: .nii.gz, .nrrd, or a Slicer segmentation .seg.nrrd.",
     )
-    seg.add_argument("image", help="3D volume SimpleITK reads (NRRD, NIfTI, MHA)")
+    seg.add_argument("image", help="3D volume SimpleITK reads (NRRD, NIfTI, MHA) or a DICOM series folder")
     seg.add_argument("--prompts", required=True, help="PROMPTS.json or a Slicer markups file (.mrk.json)")
-    seg.add_argument("-o", "--output", required=True, help="output labelmap (.nii.gz, .nrrd, .mha) or .seg.nrrd")
+    seg.add_argument("-o", "--output", required=True,
+                     help="output labelmap (.nii.gz, .nrrd, .mha), .seg.nrrd, or .dcm (a DICOM SEG referencing the "
+                     "DICOM series IMAGE; needs highdicom)")
+    _add_series_arg(seg)
+    seg.add_argument("--segment-name", default="Segment_1", metavar="NAME",
+                     help="segment label in .seg.nrrd and .dcm outputs (default Segment_1)")
+    seg.add_argument("--segment-color", default=None, metavar="R,G,B",
+                     help="segment colour in .seg.nrrd and .dcm outputs, 0-255 each (default 242,89,51)")
     seg.add_argument("--propagate", choices=("none", "both", "forward", "backward"), default=None,
                      help="override the prompts file's propagate value")
     seg.add_argument("--axis", choices=("I", "J", "K"), default=None,
@@ -66,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="simulate prompts from a reference label and measure accuracy",
                         description="Simulate prompts from a reference label, segment, and report Dice, normalised "
                         "surface Dice (1 and 2 mm), HD95 and seconds per case.")
-    ev.add_argument("image", nargs="?", help="3D volume (or use --cases)")
+    ev.add_argument("image", nargs="?", help="3D volume or DICOM series folder (or use --cases)")
     ev.add_argument("label", nargs="?", help="reference labelmap on the image grid")
+    _add_series_arg(ev)
     ev.add_argument("--label", dest="label_values", default="1", help="label value(s), comma separated (default 1)")
     ev.add_argument("--protocol", default="one-box", help="box-per-slice, one-box or clicks-N (e.g. clicks-3)")
     ev.add_argument("--axis", choices=("I", "J", "K"), default="K", help="slice normal (default K)")
@@ -152,11 +179,19 @@ def load_model_for(args):
 
 
 def cmd_segment(args) -> int:
-    from .io import read_volume, write_labelmap
+    from .io import read_image, write_labelmap
     from .request import read_prompts_json
     from .session import SegmentationSession
 
-    volume = read_volume(args.image)
+    color = parse_color(args.segment_color)
+    volume, series = read_image(args.image, args.series)
+    if Path(args.output).name.lower().endswith(".dcm"):  # checked before any model work
+        if series is None:
+            raise CliError(f"-o {Path(args.output).name}: a DICOM SEG references its source slices, so IMAGE must "
+                           f"be a DICOM series folder; write .nii.gz, .nrrd or .seg.nrrd for {Path(args.image).name}")
+        from .dicomseg import require_highdicom
+
+        require_highdicom()
     prompts_path = Path(args.prompts)
     if prompts_path.name.lower().endswith(".mrk.json"):
         from .markups import read_markups_request
@@ -173,7 +208,8 @@ def cmd_segment(args) -> int:
     bar = ProgressBar(f"segment ({args.model})", enabled=not args.no_progress)
     start = time.monotonic()
     mask = session.segment(request, progress=bar)
-    out = write_labelmap(mask, volume, args.output)
+    out = write_labelmap(mask, volume, args.output, segment_name=args.segment_name, color=color,
+                         dicom_source=series, model_name=args.model)
     other_axes = tuple(a for a in range(3) if a != {"K": 0, "J": 1, "I": 2}[request.axis])
     n_slices = int(mask.any(axis=other_axes).sum())
     print(f"wrote {out} ({int(mask.sum())} voxels on {n_slices} slices along {request.axis}) in "
