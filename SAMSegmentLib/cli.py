@@ -31,6 +31,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "benchmarks/bench_engine.py), fp32 on GPUs; or force fp32 / bf16")
 
 
+def _add_progress_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
+                       help="show a progress bar even when stderr is not a terminal (default: only on a terminal)")
+    group.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+
+
 def _add_series_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series", default=None, metavar="UID",
                    help="SeriesInstanceUID of the series to read when the IMAGE folder holds several DICOM series")
@@ -80,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="slice normal for markups prompts (default K); PROMPTS.json carries its own")
     seg.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET",
                      help="intensity window, e.g. 400,40 or ct-lung (default: automatic)")
-    seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_args(seg)
     _add_model_args(seg)
 
     models = sub.add_parser("models", help="list models and their weights; download or verify one",
@@ -88,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "or download / verify one.")
     models.add_argument("--download", metavar="NAME", help="download (if needed) and verify the weights of NAME")
     models.add_argument("--verify", metavar="NAME", help="re-hash the weights of NAME against the registry")
+    _add_progress_args(models)
 
     ev = sub.add_parser("evaluate", help="simulate prompts from a reference label and measure accuracy",
                         description="Simulate prompts from a reference label, segment, and report Dice, normalised "
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", required=True,
                     help="output folder: report.json, report.md, prediction.nii.gz, overlay.png "
                     "(with --cases: <case>/prediction.nii.gz and <case>/overlay.png)")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_args(ev)
     _add_model_args(ev)
 
     demo = sub.add_parser("demo", help="one-command demo on shipped data with the offline default model",
@@ -117,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "'cervical vertebral column', 'thoracic vertebral column', 'lumbar vertebral column'")
     demo.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET",
                       help="intensity window (default ct-lung)")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_args(demo)
     _add_model_args(demo)
     return parser
 
@@ -138,29 +146,40 @@ def parse_window(text: str | None, array=None):
 
 
 class ProgressBar:
-    """A one-line terminal progress bar on stderr (silent when disabled or not a terminal and quiet)."""
+    """A ``(done, total)`` progress callback drawing a tqdm bar on stderr.
 
-    def __init__(self, label: str, enabled: bool = True) -> None:
-        self.label, self.enabled = label, enabled
-        self.start = time.monotonic()
-        self._last = -1.0
+    ``enabled`` None (the default) draws only when stderr is a terminal, True always, False never (see
+    :func:`progress_enabled`); ``unit="B"`` shows bytes (KiB, MiB) and a rate. A new ``total`` starts a new bar.
+    """
+
+    def __init__(self, label: str, enabled: bool | None = None, unit: str = "it") -> None:
+        self.label, self.enabled, self.unit = label, enabled, unit
+        self._bar = None
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
+        if self.enabled is False or total <= 0:
             return
-        now = time.monotonic()
-        if done < total and now - self._last < 0.1:
-            return
-        self._last = now
-        width = 30
-        filled = int(width * done / total)
-        elapsed = now - self.start
-        eta = elapsed / done * (total - done) if done else 0.0
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                         f"{elapsed:5.1f}s eta {eta:5.1f}s")
+        if self._bar is None or self._bar.total != total:
+            from tqdm import tqdm
+
+            self.close()
+            as_bytes = self.unit == "B"
+            self._bar = tqdm(total=total, desc=self.label, unit=self.unit, unit_scale=as_bytes,
+                             unit_divisor=1024 if as_bytes else 1000, file=sys.stderr, dynamic_ncols=True,
+                             disable=None if self.enabled is None else False)
+        self._bar.update(done - self._bar.n)
         if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def progress_enabled(args) -> bool | None:
+    """``--progress`` True, ``--no-progress`` False, neither None (a bar only when stderr is a terminal)."""
+    return getattr(args, "progress", None)
 
 
 def load_model_for(args):
@@ -205,7 +224,7 @@ def cmd_segment(args) -> int:
     window = parse_window(args.window, volume.array)
     model = load_model_for(args)
     session = SegmentationSession(model, volume, window=window)
-    bar = ProgressBar(f"segment ({args.model})", enabled=not args.no_progress)
+    bar = ProgressBar(f"segment ({args.model})", enabled=progress_enabled(args))
     start = time.monotonic()
     mask = session.segment(request, progress=bar)
     out = write_labelmap(mask, volume, args.output, segment_name=args.segment_name, color=color,
@@ -229,8 +248,9 @@ def cmd_models(args) -> int:
                 raise CliError(f"{spec.name}: no weights at {state.path}; run 'samsegment models --download {spec.name}'")
             print(f"{spec.name}: {'verified' if state.verified else 'CHECKSUM MISMATCH'} ({state.path})")
             return 0 if state.verified else 1
-        bar = ProgressBar(f"download {spec.name}")
+        bar = ProgressBar(f"download {spec.name}", enabled=progress_enabled(args), unit="B")
         path = ensure_weights(spec, progress=lambda done, total: bar(done, total or max(done, 1)))
+        bar.close()
         print(f"{spec.name}: verified at {path}")
         return 0
     print(f"{'model':24} {'family':11} {'weights':10} {'size':>9}  license      description")

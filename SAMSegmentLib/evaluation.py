@@ -546,7 +546,7 @@ def evaluate_cases(model: SliceModel, cases: list[Case], protocol: Protocol, out
 
 def main_evaluate(args) -> int:
     """``samsegment evaluate``: see the module docstring. Prints the summary table; returns the exit code."""
-    from .cli import CliError, ProgressBar, load_model_for
+    from .cli import CliError, ProgressBar, load_model_for, progress_enabled
 
     try:
         protocol = parse_protocol(args.protocol)
@@ -572,8 +572,8 @@ def main_evaluate(args) -> int:
     model = load_model_for(args)
     load_seconds = time.perf_counter() - start
     several = bool(args.cases)
-    bar = ProgressBar(f"evaluate {protocol.name}", enabled=not args.no_progress)
-    slice_bar = None if several else ProgressBar(f"{cases[0].name}", enabled=not args.no_progress)
+    bar = ProgressBar(f"evaluate {protocol.name}", enabled=progress_enabled(args))
+    slice_bar = None if several else ProgressBar(f"{cases[0].name}", enabled=progress_enabled(args))
     try:
         report = evaluate_cases(model, cases, protocol, args.output, args.window, args.jitter, args.seed,
                                 per_case_folders=several, progress=bar if several else None,
