@@ -1,4 +1,4 @@
-"""Draws the SAMSegment icons (numpy + VTK's PNG writer); run it to regenerate them after a change.
+"""Draws the SAMSegment icons (numpy, written with Pillow); run it to regenerate them after a change.
 
     python Resources/make_icons.py
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonDataModel import vtkImageData
-from vtkmodules.vtkIOImage import vtkPNGWriter
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPERSAMPLE = 8
@@ -53,16 +51,8 @@ def draw(size: int) -> np.ndarray:
 
 
 def write_png(rgba: np.ndarray, path: Path) -> None:
-    h, w = rgba.shape[:2]
-    image = vtkImageData()
-    image.SetDimensions(w, h, 1)
-    flat = np.ascontiguousarray(rgba[::-1].reshape(-1, 4))  # VTK rows go bottom-up
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(flat, deep=True))
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = vtkPNGWriter()
-    writer.SetFileName(str(path))
-    writer.SetInputData(image)
-    writer.Write()
+    Image.fromarray(rgba).save(path, format="PNG")
 
 
 if __name__ == "__main__":

@@ -224,8 +224,14 @@ class SAMSegmentLogic(ScriptedLoadableModuleLogic):
         return status.state == "ready"
 
     def installPackages(self, status, parent=None) -> bool:
-        """PyTorch through the PyTorch extension, the rest with pip_install, after one confirmation."""
-        from SAMSegmentEffectLib.controller import TORCH_REQUIREMENT, models
+        """PyTorch through the PyTorch extension, the rest with pip after one confirmation.
+
+        ``status.packages`` are pip requirements with version bounds (SAMSegmentLib.requirements). Slicer 5.12+
+        installs them with ``slicer.packaging`` (``pip_ensure``, which also offers a restart when an already imported
+        package was upgraded); older Slicers with ``slicer.util.pip_install``.
+        """
+        from SAMSegmentLib.models.registry import get_spec
+        from SAMSegmentLib.requirements import torch_specifier
 
         packages = list(status.packages)
         lines = (["PyTorch (installed by the PyTorch extension, which picks the build for your GPU)"]
@@ -239,7 +245,11 @@ class SAMSegmentLogic(ScriptedLoadableModuleLogic):
             if not slicer.util.confirmOkCancelDisplay(text, windowTitle="SAMSegment: install packages",
                                                       parent=parent):
                 return False
-        family = models()[status.name].family
+        family = get_spec(status.name).family
+        try:
+            import slicer.packaging as packaging  # Slicer 5.12+
+        except ImportError:
+            packaging = None
         try:
             with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
                 if status.needs_torch:
@@ -251,14 +261,26 @@ class SAMSegmentLogic(ScriptedLoadableModuleLogic):
                             "restart Slicer and try again.", parent=parent)
                         return False
                     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                        askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT.get(family))
+                        askConfirmation=False, torchVersionRequirement=torch_specifier(family))
                     if torch is None:
                         return False
                 if packages:
+                    # sam2 builds from source: skip its optional CUDA ops, build against the installed torch
+                    options = ["--no-build-isolation"] if family == "sam2" else []
                     if family == "sam2":
-                        os.environ["SAM2_BUILD_CUDA"] = "0"  # sam2 builds from source; skip its optional CUDA ops
-                    slicer.util.pip_install(packages + ["--constraint", self._torchConstraints()]
-                                            + (["--no-build-isolation"] if family == "sam2" else []))
+                        os.environ["SAM2_BUILD_CUDA"] = "0"
+                    constraints = self._torchConstraints()
+                    try:
+                        if packaging is None:
+                            slicer.util.pip_install(packages + ["--constraint", constraints] + options)
+                        elif options:  # pip_ensure passes no pip options
+                            packaging.pip_install(packages + options, constraints=constraints, requester="SAMSegment",
+                                                  parent=parent)
+                        else:
+                            packaging.pip_ensure(packages, constraints=constraints, prompt_install=False,
+                                                 requester="SAMSegment", skip_in_testing=False)
+                    finally:
+                        os.remove(constraints)
         except Exception:  # already shown by tryWithErrorDisplay
             logging.exception("SAMSegment: package installation failed")
             return False

@@ -31,6 +31,32 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "benchmarks/bench_engine.py), fp32 on GPUs; or force fp32 / bf16")
 
 
+def _add_progress_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
+                       help="show a progress bar even when stderr is not a terminal (default: only on a terminal)")
+    group.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+
+
+def _add_series_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="SeriesInstanceUID of the series to read when the IMAGE folder holds several DICOM series")
+
+
+def parse_color(text: str | None) -> tuple[float, float, float] | None:
+    """'R,G,B' with values 0-255 -> RGB in [0, 1]; None -> None (the default colour)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise CliError(f"--segment-color must be three numbers from 0 to 255, e.g. 255,128,0, not {text!r}")
+    r, g, b = (v / 255.0 for v in values)
+    return r, g, b
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samsegment",
@@ -45,16 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment IMAGE from prompts in PROMPTS (a PROMPTS.json, or a Slicer markups .mrk.json) and write a "
         "labelmap (value 1 inside) on the image grid: .nii.gz, .nrrd, or a Slicer segmentation .seg.nrrd.",
     )
-    seg.add_argument("image", help="3D volume SimpleITK reads (NRRD, NIfTI, MHA)")
+    seg.add_argument("image", help="3D volume SimpleITK reads (NRRD, NIfTI, MHA) or a DICOM series folder")
     seg.add_argument("--prompts", required=True, help="PROMPTS.json or a Slicer markups file (.mrk.json)")
-    seg.add_argument("-o", "--output", required=True, help="output labelmap (.nii.gz, .nrrd, .mha) or .seg.nrrd")
+    seg.add_argument("-o", "--output", required=True,
+                     help="output labelmap (.nii.gz, .nrrd, .mha), .seg.nrrd, or .dcm (a DICOM SEG referencing the "
+                     "DICOM series IMAGE; needs highdicom)")
+    _add_series_arg(seg)
+    seg.add_argument("--segment-name", default="Segment_1", metavar="NAME",
+                     help="segment label in .seg.nrrd and .dcm outputs (default Segment_1)")
+    seg.add_argument("--segment-color", default=None, metavar="R,G,B",
+                     help="segment colour in .seg.nrrd and .dcm outputs, 0-255 each (default 242,89,51)")
     seg.add_argument("--propagate", choices=("none", "both", "forward", "backward"), default=None,
                      help="override the prompts file's propagate value")
     seg.add_argument("--axis", choices=("I", "J", "K"), default=None,
                      help="slice normal for markups prompts (default K); PROMPTS.json carries its own")
     seg.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET",
                      help="intensity window, e.g. 400,40 or ct-lung (default: automatic)")
-    seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_args(seg)
     seg.add_argument("--engine", default=None, metavar="URL",
                      help="run on the engine server at URL (started with 'samsegment serve') instead of in this "
                      "process; the token comes from SAMSEGMENT_TOKEN or --token-file")
@@ -99,13 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "or download / verify one.")
     models.add_argument("--download", metavar="NAME", help="download (if needed) and verify the weights of NAME")
     models.add_argument("--verify", metavar="NAME", help="re-hash the weights of NAME against the registry")
+    _add_progress_args(models)
     models.add_argument("--progress-file", default=None, help=argparse.SUPPRESS)  # Slicer reads download progress
 
     ev = sub.add_parser("evaluate", help="simulate prompts from a reference label and measure accuracy",
                         description="Simulate prompts from a reference label, segment, and report Dice, normalised "
                         "surface Dice (1 and 2 mm), HD95 and seconds per case.")
-    ev.add_argument("image", nargs="?", help="3D volume (or use --cases)")
+    ev.add_argument("image", nargs="?", help="3D volume or DICOM series folder (or use --cases)")
     ev.add_argument("label", nargs="?", help="reference labelmap on the image grid")
+    _add_series_arg(ev)
     ev.add_argument("--label", dest="label_values", default="1", help="label value(s), comma separated (default 1)")
     ev.add_argument("--protocol", default="one-box", help="box-per-slice, one-box or clicks-N (e.g. clicks-3)")
     ev.add_argument("--axis", choices=("I", "J", "K"), default="K", help="slice normal (default K)")
@@ -116,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-o", "--output", required=True,
                     help="output folder: report.json, report.md, prediction.nii.gz, overlay.png "
                     "(with --cases: <case>/prediction.nii.gz and <case>/overlay.png)")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_args(ev)
     _add_model_args(ev)
 
     demo = sub.add_parser("demo", help="one-command demo on shipped data with the offline default model",
@@ -128,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "'cervical vertebral column', 'thoracic vertebral column', 'lumbar vertebral column'")
     demo.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET",
                       help="intensity window (default ct-lung)")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_progress_args(demo)
     _add_model_args(demo)
     return parser
 
@@ -149,29 +184,40 @@ def parse_window(text: str | None, array=None):
 
 
 class ProgressBar:
-    """A one-line terminal progress bar on stderr (silent when disabled or not a terminal and quiet)."""
+    """A ``(done, total)`` progress callback drawing a tqdm bar on stderr.
 
-    def __init__(self, label: str, enabled: bool = True) -> None:
-        self.label, self.enabled = label, enabled
-        self.start = time.monotonic()
-        self._last = -1.0
+    ``enabled`` None (the default) draws only when stderr is a terminal, True always, False never (see
+    :func:`progress_enabled`); ``unit="B"`` shows bytes (KiB, MiB) and a rate. A new ``total`` starts a new bar.
+    """
+
+    def __init__(self, label: str, enabled: bool | None = None, unit: str = "it") -> None:
+        self.label, self.enabled, self.unit = label, enabled, unit
+        self._bar = None
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
+        if self.enabled is False or total <= 0:
             return
-        now = time.monotonic()
-        if done < total and now - self._last < 0.1:
-            return
-        self._last = now
-        width = 30
-        filled = int(width * done / total)
-        elapsed = now - self.start
-        eta = elapsed / done * (total - done) if done else 0.0
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                         f"{elapsed:5.1f}s eta {eta:5.1f}s")
+        if self._bar is None or self._bar.total != total:
+            from tqdm import tqdm
+
+            self.close()
+            as_bytes = self.unit == "B"
+            self._bar = tqdm(total=total, desc=self.label, unit=self.unit, unit_scale=as_bytes,
+                             unit_divisor=1024 if as_bytes else 1000, file=sys.stderr, dynamic_ncols=True,
+                             disable=None if self.enabled is None else False)
+        self._bar.update(done - self._bar.n)
         if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def progress_enabled(args) -> bool | None:
+    """``--progress`` True, ``--no-progress`` False, neither None (a bar only when stderr is a terminal)."""
+    return getattr(args, "progress", None)
 
 
 def load_model_for(args):
@@ -191,11 +237,19 @@ def load_model_for(args):
 
 def cmd_segment(args) -> int:
     from .engine.api import SessionSpec
-    from .io import read_volume, write_labelmap
+    from .io import read_image, write_labelmap
     from .propagation.plan import PropagationResult
     from .request import read_prompts_json
 
-    volume = read_volume(args.image)
+    color = parse_color(args.segment_color)
+    volume, series = read_image(args.image, args.series)
+    if Path(args.output).name.lower().endswith(".dcm"):  # checked before any model work
+        if series is None:
+            raise CliError(f"-o {Path(args.output).name}: a DICOM SEG references its source slices, so IMAGE must "
+                           f"be a DICOM series folder; write .nii.gz, .nrrd or .seg.nrrd for {Path(args.image).name}")
+        from .dicomseg import require_highdicom
+
+        require_highdicom()
     prompts_path = Path(args.prompts)
     if prompts_path.name.lower().endswith(".mrk.json"):
         from .markups import read_markups_request
@@ -210,7 +264,7 @@ def cmd_segment(args) -> int:
     spec = SessionSpec(model=args.model, device=args.device, backend=getattr(args, "backend", "auto"),
                        precision=args.precision, window=None if window is None else (window.low, window.high))
     engine = _engine_for(args)
-    bar = ProgressBar(f"segment ({args.model})", enabled=not args.no_progress)
+    bar = ProgressBar(f"segment ({args.model})", enabled=progress_enabled(args))
     start = time.monotonic()
     try:
         session = engine.open_session(volume.array, volume.ijk_to_ras, spec)
@@ -225,8 +279,10 @@ def cmd_segment(args) -> int:
         session.propagate(request.axis, request.prompts, request.propagate, request.range).wait(on_event=on_event)
     finally:
         engine.close()
+        bar.close()
     mask = result.to_volume(volume.array.shape)
-    out = write_labelmap(mask, volume, args.output)
+    out = write_labelmap(mask, volume, args.output, segment_name=args.segment_name, color=color,
+                         dicom_source=series, model_name=args.model)
     other_axes = tuple(a for a in range(3) if a != {"K": 0, "J": 1, "I": 2}[request.axis])
     n_slices = int(mask.any(axis=other_axes).sum())
     print(f"wrote {out} ({int(mask.sum())} voxels on {n_slices} slices along {request.axis}) in "
@@ -282,7 +338,7 @@ def cmd_models(args) -> int:
                 raise CliError(f"{spec.name}: no weights at {state.path}; run 'samsegment models --download {spec.name}'")
             print(f"{spec.name}: {'verified' if state.verified else 'CHECKSUM MISMATCH'} ({state.path})")
             return 0 if state.verified else 1
-        bar = ProgressBar(f"download {spec.name}")
+        bar = ProgressBar(f"download {spec.name}", enabled=progress_enabled(args), unit="B")
         report = _ProgressFile(args.progress_file) if args.progress_file else None
 
         def progress(done: int, total: int | None) -> None:
@@ -296,6 +352,8 @@ def cmd_models(args) -> int:
             if report is not None:
                 report.write(error=str(exc), force=True)
             raise
+        finally:
+            bar.close()
         if report is not None:
             report.write(path=str(path), force=True)
         print(f"{spec.name}: verified at {path}")

@@ -124,7 +124,7 @@ def _slug(name: str) -> str:
 
 def main_demo(args) -> int:
     """Run the demo (see the module docstring); prints the result, returns the exit code."""
-    from .cli import CliError, ProgressBar, load_model_for, parse_window
+    from .cli import CliError, ProgressBar, load_model_for, parse_window, progress_enabled
     from .evaluation import one_box_prompt
     from .io import write_labelmap
     from .metrics import compare_masks, spacing_kji
@@ -148,7 +148,7 @@ def main_demo(args) -> int:
     (seed, prompt), = prompts.items()
     start = time.perf_counter()
     session = SegmentationSession(model, volume, window=window)
-    bar = ProgressBar(f"propagate ({args.model})", enabled=not args.no_progress)
+    bar = ProgressBar(f"propagate ({args.model})", enabled=progress_enabled(args))
     result = session.propagate("K", prompts, "both", progress=bar)
     seconds = time.perf_counter() - start
     mask = result.to_volume(volume.array.shape)

@@ -323,6 +323,7 @@ class Case:
     label: Path
     label_values: tuple[int, ...] = (1,)
     axis: str = "K"
+    series: str | None = None  # SeriesInstanceUID when ``image`` is a DICOM folder holding several series
 
 
 def case_name_from(path: str | Path) -> str:
@@ -388,7 +389,7 @@ def load_case(case: Case) -> tuple[Volume, np.ndarray]:
     for p in (case.image, case.label):
         if not Path(p).exists():
             raise FileNotFoundError(f"case {case.name}: file not found: {p}")
-    volume = read_volume(case.image)
+    volume = read_volume(case.image, case.series)
     labels, label_volume = read_labelmap(case.label)
     if labels.shape != volume.array.shape:
         raise EvaluationError(f"case {case.name}: the label ({_ijk(labels.shape)} voxels) and the image "
@@ -545,20 +546,20 @@ def evaluate_cases(model: SliceModel, cases: list[Case], protocol: Protocol, out
 
 def main_evaluate(args) -> int:
     """``samsegment evaluate``: see the module docstring. Prints the summary table; returns the exit code."""
-    from .cli import CliError, ProgressBar, load_model_for
+    from .cli import CliError, ProgressBar, load_model_for, progress_enabled
 
     try:
         protocol = parse_protocol(args.protocol)
         values = parse_label_values(args.label_values)
         if args.cases:
-            if args.image or args.label:
-                raise CliError("give either IMAGE LABEL or --cases CSV, not both")
+            if args.image or args.label or getattr(args, "series", None):
+                raise CliError("give either IMAGE LABEL [--series UID] or --cases CSV, not both")
             cases = read_cases_csv(args.cases, values, args.axis)
         else:
             if not (args.image and args.label):
                 raise CliError("give IMAGE and LABEL (or --cases CSV)")
             cases = [Case(_safe_name(case_name_from(args.image)), Path(args.image), Path(args.label), values,
-                          args.axis)]
+                          args.axis, getattr(args, "series", None))]
         for case in cases:
             for p in (case.image, case.label):
                 if not Path(p).exists():
@@ -571,8 +572,8 @@ def main_evaluate(args) -> int:
     model = load_model_for(args)
     load_seconds = time.perf_counter() - start
     several = bool(args.cases)
-    bar = ProgressBar(f"evaluate {protocol.name}", enabled=not args.no_progress)
-    slice_bar = None if several else ProgressBar(f"{cases[0].name}", enabled=not args.no_progress)
+    bar = ProgressBar(f"evaluate {protocol.name}", enabled=progress_enabled(args))
+    slice_bar = None if several else ProgressBar(f"{cases[0].name}", enabled=progress_enabled(args))
     try:
         report = evaluate_cases(model, cases, protocol, args.output, args.window, args.jitter, args.seed,
                                 per_case_folders=several, progress=bar if several else None,

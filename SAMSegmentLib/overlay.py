@@ -9,19 +9,19 @@ anterior on the left. Axes are never swapped, so oblique or permuted volumes sho
 
 Layout (pixels): tiles in a grid of at most ``MAX_COLUMNS`` columns, ``GAP`` pixels between and around tiles,
 then a legend band of ``LEGEND_HEIGHT`` pixels at the bottom (swatches green REF, red PRED, yellow BOTH). Each tile
-carries its slice index (e.g. ``K 12``) in its top-left corner. The PNG is RGB, 8 bits per channel, written with
-zlib only.
+carries its slice index (e.g. ``K 12``) in its top-left corner. Text is drawn and the PNG (RGB, 8 bits per channel)
+written with Pillow.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from .slices import extract_slice, slice_geometry, to_model_grid
 from .volume import Volume, axis_index, in_plane_axes
@@ -38,34 +38,7 @@ GAP = 4
 LEGEND_HEIGHT = 20
 MAX_COLUMNS = 4
 TARGET_TILE_PX = 192  # tiles are zoomed by a whole factor until their longer side reaches this
-FONT_SCALE = 2
-
-# 3 x 5 pixel glyphs (rows top to bottom, '#' on) for the few characters the montage writes.
-_GLYPHS = {
-    "0": ["###", "#.#", "#.#", "#.#", "###"],
-    "1": [".#.", "##.", ".#.", ".#.", "###"],
-    "2": ["###", "..#", "###", "#..", "###"],
-    "3": ["###", "..#", "###", "..#", "###"],
-    "4": ["#.#", "#.#", "###", "..#", "..#"],
-    "5": ["###", "#..", "###", "..#", "###"],
-    "6": ["###", "#..", "###", "#.#", "###"],
-    "7": ["###", "..#", "..#", "..#", "..#"],
-    "8": ["###", "#.#", "###", "#.#", "###"],
-    "9": ["###", "#.#", "###", "..#", "###"],
-    "B": ["##.", "#.#", "##.", "#.#", "##."],
-    "D": ["##.", "#.#", "#.#", "#.#", "##."],
-    "E": ["###", "#..", "##.", "#..", "###"],
-    "F": ["###", "#..", "##.", "#..", "#.."],
-    "H": ["#.#", "#.#", "###", "#.#", "#.#"],
-    "I": ["###", ".#.", ".#.", ".#.", "###"],
-    "J": ["..#", "..#", "..#", "#.#", "###"],
-    "K": ["#.#", "#.#", "##.", "#.#", "#.#"],
-    "O": ["###", "#.#", "#.#", "#.#", "###"],
-    "P": ["###", "#.#", "###", "#..", "#.."],
-    "R": ["##.", "#.#", "##.", "#.#", "#.#"],
-    "T": ["###", ".#.", ".#.", ".#.", ".#."],
-    " ": ["...", "...", "...", "...", "..."],
-}
+FONT_PX = 13  # Pillow's built-in font (Aileron Regular) at this size: capitals about 9 pixels tall
 
 # Desired RAS direction of screen-right and screen-down for each slice normal (radiological convention).
 _SCREEN = {
@@ -75,57 +48,25 @@ _SCREEN = {
 }
 
 
-# --- PNG ----------------------------------------------------------------------------------------------------------
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 image [height, width, 3] (colour type 2, 8 bits, no interlace, filter 0)."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB image [height, width, 3], got shape {rgb.shape}")
-    height, width = rgb.shape[:2]
-    raw = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # each row: filter byte 0 + pixels
-    raw[:, 1:] = rgb.reshape(height, 3 * width)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-            + chunk(b"IEND", b""))
+# --- PNG and text ---------------------------------------------------------------------------------------------
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image [height, width, 3] as PNG (via a temporary file, then renamed)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [height, width, 3], got shape {rgb.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(encode_png(rgb))
+    Image.fromarray(rgb).save(tmp, format="PNG")
     tmp.replace(path)
     return path
 
 
-# --- drawing ------------------------------------------------------------------------------------------------------
-
-
-def text_size(text: str, scale: int = FONT_SCALE) -> tuple[int, int]:
-    """(height, width) in pixels of ``text`` drawn by :func:`draw_text`."""
-    return 5 * scale, max(0, (4 * len(text) - 1) * scale)
-
-
-def draw_text(canvas: np.ndarray, text: str, top: int, left: int, color=TEXT, scale: int = FONT_SCALE) -> None:
-    """Draw ``text`` (digits and the few capitals in the glyph table) into ``canvas`` [H, W, 3], clipped."""
-    height, width = canvas.shape[:2]
-    for n, char in enumerate(text.upper()):
-        glyph = _GLYPHS.get(char, _GLYPHS[" "])
-        x0 = left + n * 4 * scale
-        for gy, row in enumerate(glyph):
-            for gx, on in enumerate(row):
-                if on != "#":
-                    continue
-                y, x = top + gy * scale, x0 + gx * scale
-                ys, xs = slice(max(0, y), min(height, y + scale)), slice(max(0, x), min(width, x + scale))
-                canvas[ys, xs] = color
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=FONT_PX)
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -243,24 +184,28 @@ def render_montage(volume: Volume, axis: str = "K", reference: np.ndarray | None
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[...] = BACKGROUND
     cols = min(len(tiles), MAX_COLUMNS)
-    for n, (index, tile) in enumerate(zip(indices, tiles, strict=True)):
+    corners = []
+    for n, tile in enumerate(tiles):
         r, c = divmod(n, cols)
         top, left = GAP + r * (th + GAP), GAP + c * (tw + GAP)
         canvas[top:top + th, left:left + tw] = tile
-        draw_text(canvas, f"{axis} {index}", top + 3, left + 3)
-    _draw_legend(canvas)
-    return canvas
+        corners.append((left, top))
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for index, (left, top) in zip(indices, corners, strict=True):
+        draw.text((left + 3, top + 2), f"{axis} {index}", fill=TEXT, font=_font())
+    _draw_legend(draw, height)
+    return np.asarray(image).copy()
 
 
-def _draw_legend(canvas: np.ndarray) -> None:
-    height = canvas.shape[0]
-    top = height - LEGEND_HEIGHT + (LEGEND_HEIGHT - 10) // 2
+def _draw_legend(draw: ImageDraw.ImageDraw, height: int) -> None:
+    middle = height - LEGEND_HEIGHT // 2
     left = GAP
     for color, label in ((GREEN, "REF"), (RED, "PRED"), (YELLOW, "BOTH")):
-        canvas[top:top + 10, left:left + 14] = color
+        draw.rectangle((left, middle - 5, left + 13, middle + 4), fill=color)
         left += 14 + 4
-        draw_text(canvas, label, top, left)
-        left += text_size(label)[1] + 12
+        draw.text((left, middle), label, fill=TEXT, font=_font(), anchor="lm")
+        left += int(math.ceil(draw.textlength(label, font=_font()))) + 12
 
 
 def write_overlay(path: str | Path, volume: Volume, reference: np.ndarray | None = None,

@@ -1,14 +1,18 @@
 """Prompts on one slice, in voxel coordinates of that slice's plane (x, y) = (first, second in-plane axis).
 
 See slices.py for which voxel axes x and y are for each slice normal. Boxes are inclusive voxel corners
-(x0, y0, x1, y1). Point label 1 includes, 0 excludes.
+(x0, y0, x1, y1); a box given with its corners the other way round (x0 > x1 or y0 > y1) is normalised, with one
+warning. Coordinates must be finite numbers (NaN or infinity is refused). Point label 1 includes, 0 excludes.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class PromptError(ValueError):
@@ -33,14 +37,21 @@ class SlicePrompt:
         self.labels = np.asarray(self.labels, dtype=int).reshape(-1)
         if len(self.points) != len(self.labels):
             raise PromptError("each point needs exactly one label (1 include, 0 exclude)")
+        if not np.isfinite(self.points).all():
+            raise PromptError("point coordinates must be numbers (found NaN or infinity)")
         if self.labels.size and not np.isin(self.labels, (0, 1)).all():
             raise PromptError("point labels must be 1 (include) or 0 (exclude)")
         if self.box is not None:
             b = np.asarray(self.box, dtype=float).reshape(-1)
             if b.size != 4:
                 raise PromptError("a box needs 4 numbers: x0, y0, x1, y1")
+            if not np.isfinite(b).all():
+                raise PromptError("box corners must be numbers (found NaN or infinity)")
             x0, y0, x1, y1 = b
             self.box = np.array([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)])
+            if x0 > x1 or y0 > y1:
+                log.warning("box (%g, %g, %g, %g) has its corners the other way round; using (%g, %g, %g, %g)",
+                            x0, y0, x1, y1, *self.box)
 
     @property
     def is_empty(self) -> bool:

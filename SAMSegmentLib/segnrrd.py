@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+DEFAULT_COLOR = (0.95, 0.35, 0.2)  # RGB in [0, 1]: the segment colour when none is given
+
 
 def write_seg_nrrd(mask_kji: np.ndarray, ijk_to_ras: np.ndarray, path: str | Path, segment_name: str = "Segment_1",
-                   label_value: int = 1, color: tuple[float, float, float] = (0.95, 0.35, 0.2)) -> None:
+                   label_value: int = 1, color: tuple[float, float, float] = DEFAULT_COLOR) -> None:
     """Write a one-segment ``.seg.nrrd`` whose segment has ``label_value`` in a labelmap on the given grid."""
     import slicerio
 

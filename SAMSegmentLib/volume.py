@@ -2,14 +2,20 @@
 
 Conventions (see DESIGN.md): the engine works in voxel indices; physical coordinates (RAS, millimetres) appear only
 through ``ijk_to_ras``, a 4x4 homogeneous matrix mapping column vectors (i, j, k, 1) to (R, A, S, 1).
+
+Voxel values must be numbers: NaN and infinite voxels (float images written by other tools for "no data") are
+treated as the volume's smallest finite value, with one warning; a volume with no finite voxel is refused.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 AXES = ("I", "J", "K")
 _volume_ids = itertools.count(1)
@@ -39,6 +45,7 @@ class Volume:
             )
         if min(self.array.shape) < 1:
             raise VolumeError(f"the volume is empty (shape {tuple(self.array.shape)})")
+        self.array = replace_non_finite(self.array)
         self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=float)
         if self.ijk_to_ras.shape != (4, 4):
             raise VolumeError("ijk_to_ras must be a 4x4 matrix")
@@ -65,6 +72,27 @@ class Volume:
     def touch(self) -> None:
         """Mark voxel values as changed so cached embeddings are not reused."""
         self.version += 1
+
+
+def replace_non_finite(array: np.ndarray) -> np.ndarray:
+    """``array`` itself when all voxels are finite (always for integer types); else a copy with NaN and +-Inf
+    voxels set to the smallest finite value, after one warning. Raises VolumeError when no voxel is finite."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    with np.errstate(invalid="ignore", over="ignore"):
+        if np.isfinite(array.sum(dtype=np.float64)):
+            return array  # a NaN or an infinity makes the sum non-finite; overflow only sends us to the exact check
+    bad = ~np.isfinite(array)
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad == 0:
+        return array
+    if n_bad == array.size:
+        raise VolumeError("the volume holds no usable voxel values: every voxel is NaN or infinite")
+    out = array.copy()
+    low = out[~bad].min()
+    out[bad] = low
+    log.warning("%d voxel(s) are NaN or infinite; they are treated as the volume's minimum (%g)", n_bad, float(low))
+    return out
 
 
 def axis_index(axis: str) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import slicer
+import slicer.util
 from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import VTK_UNSIGNED_CHAR
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
@@ -54,23 +55,11 @@ class BridgeError(RuntimeError):
 # --------------------------------------------------------------------------------------------------- helpers
 
 
-def _to_vtk_matrix(m: np.ndarray) -> vtkMatrix4x4:
-    out = vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            out.SetElement(r, c, float(m[r, c]))
-    return out
-
-
-def _to_numpy_matrix(m: vtkMatrix4x4) -> np.ndarray:
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
-
-
 def image_to_world(image) -> np.ndarray:
     """The 4x4 IJK-to-world matrix of a vtkOrientedImageData."""
     m = vtkMatrix4x4()
     image.GetImageToWorldMatrix(m)
-    return _to_numpy_matrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
 
 
 def image_array(image) -> np.ndarray:
@@ -116,7 +105,7 @@ def _new_image(ijk_to_world: np.ndarray, extent, fill: int = 0):
     image = slicer.vtkOrientedImageData()
     image.SetExtent(*extent)
     image.AllocateScalars(VTK_UNSIGNED_CHAR, 1)
-    image.SetImageToWorldMatrix(_to_vtk_matrix(ijk_to_world))
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(np.asarray(ijk_to_world, dtype=float)))
     if not _extent_is_empty(extent):
         image_array(image)[:] = fill
     return image
@@ -172,7 +161,7 @@ class VolumeGeometry:
                 "the source volume and the segmentation are related by a non-linear transform; harden the "
                 "transform (Data module: right-click the volume > Harden transform) and try again"
             )
-        matrix = _to_numpy_matrix(to_segmentation) @ _to_numpy_matrix(ijk_to_ras)
+        matrix = slicer.util.arrayFromVTKMatrix(to_segmentation) @ slicer.util.arrayFromVTKMatrix(ijk_to_ras)
         return cls(matrix, tuple(int(d) for d in image.GetDimensions()))
 
     def image(self, extent=None, fill: int = 0):

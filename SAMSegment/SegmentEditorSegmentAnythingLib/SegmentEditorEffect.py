@@ -711,17 +711,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def writeSlices(self, slices, what):
         """Write (axis, index, mask) slices into the selected segment as one undo step; clear them from the preview."""
         mode = self.scriptedEffect.parameter("WriteMode") or "replace"
-        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            result = write_slices(EffectEditor(self.scriptedEffect), self.geometry, slices, mode=mode)
+            with slicer.util.WaitCursor():  # restored before any error dialog
+                result = write_slices(EffectEditor(self.scriptedEffect), self.geometry, slices, mode=mode)
         except Exception as exc:
             logging.exception("Segment Anything: writing the segment failed")
             message = str(exc) if isinstance(exc, BridgeError) else f"{type(exc).__name__}: {exc}"
             self.setStatus(f"Writing the segment failed: {message}", error=True)
             slicer.util.errorDisplay(f"Writing the segment failed: {message}", windowTitle="Segment Anything")
             return
-        finally:
-            slicer.app.restoreOverrideCursor()
         if self.previewLayer is not None:
             for axis, index, _ in slices:
                 self.previewLayer.clear_slice(axis, index)

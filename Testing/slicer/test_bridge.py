@@ -450,6 +450,22 @@ def test_volume_under_a_linear_transform(scene):
                                ed.geometry.ijk_to_world)
 
 
+def test_matrices_cross_to_vtk_and_back_exactly(scene):
+    """The bridge's conversions (slicer.util.vtkMatrixFromArray / arrayFromVTKMatrix) agree element by element with
+    vtkMatrix4x4.SetElement / GetElement, for an oblique, anisotropic, transposed (non-contiguous) matrix too."""
+    oblique = ijk_to_ras_matrix()
+    for m in (oblique, np.ascontiguousarray(oblique.T).T, np.eye(4)):
+        image = VolumeGeometry.from_matrix(m, (3, 4, 5)).image()
+        vtk_m = vtkMatrix4x4()
+        image.GetImageToWorldMatrix(vtk_m)
+        assert [[vtk_m.GetElement(r, c) for c in range(4)] for r in range(4)] == m.tolist()
+        oriented = slicer.vtkOrientedImageData()
+        oriented.SetImageToWorldMatrix(vtk_matrix(m))
+        assert image_to_world(oriented).tolist() == m.tolist() and image_to_world(oriented).dtype == np.float64
+    ed = Editor(scene)
+    assert VolumeGeometry.from_volume_node(ed.volume).ijk_to_world.tolist() == ijk_to_ras_matrix().tolist()
+
+
 # --------------------------------------------------------------------------------------------------- preview
 
 
