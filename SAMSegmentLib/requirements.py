@@ -17,9 +17,14 @@ import importlib.metadata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from packaging.markers import default_environment
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.version import InvalidVersion, Version
+try:
+    from packaging.markers import default_environment
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+except ImportError:  # a Python without the packaging distribution (older Slicer): pip's vendored copy
+    from pip._vendor.packaging.markers import default_environment
+    from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+    from pip._vendor.packaging.version import InvalidVersion, Version
 
 __all__ = [
     "COMMON_REQUIREMENTS",
@@ -38,7 +43,12 @@ FAMILY_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "sam": ("segment-anything>=1.0",),
     "sam2": ("sam2>=1.1.0,<1.2",),
 }
-COMMON_REQUIREMENTS: tuple[str, ...] = ("SimpleITK>=2.3",)  # every family: reading volumes, resampling
+COMMON_REQUIREMENTS: tuple[str, ...] = (
+    "SimpleITK>=2.3",  # every family: reading volumes, resampling
+    "starlette>=0.37",  # the engine process's HTTP server (samsegment serve) ...
+    "uvicorn>=0.29",  # ... on uvicorn
+    "h11>=0.14",  # HTTP framing of the engine client
+)
 TORCH_SPECIFIER = ">=2.1"
 FAMILY_TORCH_SPECIFIER: dict[str, str] = {"sam2": ">=2.5.1"}  # sam2 1.x needs a recent torch
 

