@@ -437,9 +437,12 @@ class SegmentAnythingController:
         if tracked.kind == "load":
             if kind != "done":
                 return []
-            device = event.value.get("device") if isinstance(event.value, dict) else None
-            where = f" on {device}" if device else ""
-            return [ControllerEvent("status", message=f"{tracked.extra.get('model', 'model')} ready{where}")]
+            info = event.value if isinstance(event.value, dict) else {}
+            where = f" on {info['device']}" if info.get("device") else ""
+            text = f"{tracked.extra.get('model', 'model')} ready{where}"
+            if info.get("warning"):
+                text += f". Note: {info['warning']}"
+            return [ControllerEvent("status", message=text)]
         if tracked.kind == "preview":
             if kind != "done":
                 return []

@@ -31,6 +31,7 @@ import numpy as np
 from .. import __version__
 from ..prompts import PromptError, SlicePrompt
 from ..propagation.plan import SliceOutcome
+from ..volume import VolumeError
 from . import wire
 from .api import (
     PROTOCOL_VERSION,
@@ -111,26 +112,60 @@ class _Volume:
         self.vid: str | None = None
         self.error: BaseException | None = None
         self.waiters: list[Callable[[], None]] = []
-        self._copy: Iterator[None] | None = None
+        self._task: Iterator[None] | None = None
         self.path: Path | None = None
         self.state = "new"
+        self.fill: float | None = None  # what NaN / infinite voxels travel as
+        self.warning: str | None = None
 
     def start(self) -> None:
         self.state = "sending"
         self.vid = None
         self.error = None
+        self._task = self._send_steps()
+        self.engine._tasks.append(self._step)
+
+    def _send_steps(self) -> Iterator[None]:
+        """The whole sending, in bounded steps: check the voxels, then copy into the shared file (local child)
+        or start the compressed upload (remote)."""
+        yield from self._scan_steps()
         if self.engine.shared_dir is not None:
-            self._copy = self._copy_steps()
-            self.engine._tasks.append(self._step)
-        else:
-            header = wire.volume_header(self.array, self.ijk_to_ras, "zlib")
-            head = wire.pack(header)
+            yield from self._copy_steps()
+            header = wire.volume_header(self.array, self.ijk_to_ras, "raw")
+            header.update(source="file", path=str(self.path), offset=0)
+            self.engine._send("POST", "/v1/volumes", wire.pack(header), self._sent)
+            return
+        head = wire.pack(wire.volume_header(self.array, self.ijk_to_ras, "zlib"))
+        fill = self.fill
 
-            def body() -> Iterator[bytes]:
-                yield head
-                yield from wire.volume_chunks(self.array, "zlib", UPLOAD_STEP_BYTES)
+        def body() -> Iterator[bytes]:
+            yield head
+            yield from wire.volume_chunks(self.array, "zlib", UPLOAD_STEP_BYTES, fill=fill)
 
-            self.engine._send("POST", "/v1/volumes", body, self._sent)
+        self.engine._send("POST", "/v1/volumes", body, self._sent)
+
+    def _scan_steps(self) -> Iterator[None]:
+        """Float volumes: find NaN and infinite voxels (they travel as the smallest finite value, with a warning,
+        as Volume treats them in process). COPY_STEP_BYTES per step."""
+        self.fill, self.warning = None, None
+        if not np.issubdtype(self.array.dtype, np.floating):
+            return
+        flat = np.ascontiguousarray(self.array).reshape(-1)
+        step = max(1, COPY_STEP_BYTES // flat.itemsize)
+        low, bad = np.inf, 0
+        for start in range(0, flat.size, step):
+            piece = flat[start : start + step]
+            finite = np.isfinite(piece)
+            n_finite = int(np.count_nonzero(finite))
+            bad += piece.size - n_finite
+            if n_finite:
+                low = min(low, float(piece[finite].min()))
+            yield
+        if bad == flat.size:
+            raise VolumeError("the volume holds no usable voxel values: every voxel is NaN or infinite")
+        if bad:
+            self.fill = low
+            self.warning = f"{bad} voxel(s) are NaN or infinite; they are treated as the volume's minimum ({low:g})"
 
     def _copy_steps(self) -> Iterator[None]:
         """Copy the array into a file of the shared folder, COPY_STEP_BYTES per step."""
@@ -138,24 +173,26 @@ class _Volume:
         handle = tempfile.NamedTemporaryFile(dir=folder, prefix="volume-", suffix=".raw", delete=False)
         handle.close()
         self.path = Path(handle.name)
-        flat_src = np.ascontiguousarray(self.array).reshape(-1).view(np.uint8)
-        if flat_src.size == 0:
-            return
-        target = np.memmap(self.path, dtype=np.uint8, mode="w+", shape=(flat_src.size,))
-        for start in range(0, flat_src.size, COPY_STEP_BYTES):
-            target[start : start + COPY_STEP_BYTES] = flat_src[start : start + COPY_STEP_BYTES]
+        flat_src = np.ascontiguousarray(self.array).reshape(-1)
+        target = np.memmap(self.path, dtype=flat_src.dtype, mode="w+", shape=(flat_src.size,))
+        step = max(1, COPY_STEP_BYTES // flat_src.itemsize)
+        for start in range(0, flat_src.size, step):
+            piece = flat_src[start : start + step]
+            if self.fill is not None:
+                piece = np.where(np.isfinite(piece), piece, piece.dtype.type(self.fill))
+            target[start : start + step] = piece
             yield
         del target
 
     def _step(self) -> bool:
-        """One bounded step of the file copy; False when the task is over."""
+        """One bounded step of the sending; False when the task is over."""
         try:
-            next(self._copy)
+            next(self._task)
             return True
         except StopIteration:
-            header = wire.volume_header(self.array, self.ijk_to_ras, "raw")
-            header.update(source="file", path=str(self.path), offset=0)
-            self.engine._send("POST", "/v1/volumes", wire.pack(header), self._sent)
+            return False
+        except VolumeError as exc:
+            self._finish(exc)
             return False
         except OSError as exc:
             self._finish(EngineError(f"cannot write the volume for the engine into {self.engine.shared_dir}: "
@@ -241,6 +278,8 @@ class RemoteSession(EngineSession):
             self.opening._fail(exc)
         else:
             data = reply.json()
+            if self.volume.warning:
+                data["warning"] = self.volume.warning
             self.sid = str(data["session"])
             self.window = tuple(data.get("window") or ()) or None
             self.device = data.get("device")

@@ -258,12 +258,17 @@ def volume_header(array: np.ndarray, ijk_to_ras: np.ndarray, encoding: str) -> d
 
 
 def volume_chunks(array: np.ndarray, encoding: str = "zlib", chunk_bytes: int = 4 << 20,
-                  level: int = 1) -> Iterator[bytes]:
-    """The volume's C-order bytes, raw or zlib-compressed, a chunk at a time (each step does bounded work)."""
-    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+                  level: int = 1, fill: float | None = None) -> Iterator[bytes]:
+    """The volume's C-order bytes, raw or zlib-compressed, a chunk at a time (each step does bounded work).
+    ``fill``: the value that NaN and infinite voxels of a float volume travel as (None: as they are)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    step = max(1, chunk_bytes // flat.itemsize)
     compressor = zlib.compressobj(level) if encoding == "zlib" else None
-    for start in range(0, flat.size, chunk_bytes):
-        piece = flat[start : start + chunk_bytes].tobytes()
+    for start in range(0, flat.size, step):
+        values = flat[start : start + step]
+        if fill is not None:
+            values = np.where(np.isfinite(values), values, values.dtype.type(fill))
+        piece = values.tobytes()
         if compressor is None:
             yield piece
         else:

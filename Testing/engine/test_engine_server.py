@@ -474,3 +474,23 @@ def test_tokens_never_reach_the_log(server, caplog):
     engine.close()
     text = caplog.text
     assert TOKEN_A not in text and TOKEN_B not in text and "a-wrong-token" not in text
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["upload", "shared-file"])
+def test_nan_voxels_travel_as_the_minimum_with_a_warning(tmp_path, shared):
+    """As in process (Volume), NaN and infinite voxels become the smallest finite value, with one warning, before
+    they leave the client; the server itself refuses non-finite payloads."""
+    array, obj = blob_volume()
+    values = array.astype(np.float32)
+    values[0, 0, :5] = np.nan
+    values[1, 3, 3] = np.inf
+    core = EngineCore(model_loader=lambda spec: ThresholdModel())
+    with threaded_server(core, shared_dir=tmp_path if shared else None) as server:
+        engine = RemoteEngine(server.url, shared_dir=tmp_path if shared else None)
+        session = engine.open_session(values, np.eye(4), SPEC)
+        info = session.opening.wait(10)
+        assert "6 voxel(s) are NaN or infinite" in info["warning"] and "minimum (0)" in info["warning"]
+        np.testing.assert_array_equal(session.preview("K", 10, BOX).wait(10).mask, obj[10])
+        stored = next(iter(core._volumes.values())).volume.array
+        assert np.isfinite(stored).all() and stored[0, 0, 0] == 0.0
+        engine.close()
