@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import compare_masks, dice, distance_transform, spacing_kji
+from .metrics import compare_masks, dice, distance_to, spacing_kji
 from .models.base import SliceModel
 from .prompts import SlicePrompt, box_from_mask
 from .request import SegmentationRequest
@@ -219,7 +219,7 @@ def next_click(prediction: np.ndarray, reference: np.ndarray, axis: str, spacing
                 break
             region = np.asarray(extract_slice(comp, axis, int(index)), dtype=bool)
             outside = ~np.pad(region, 1, constant_values=False)  # the slice edge counts as boundary
-            depth = distance_transform(outside, in_plane_mm)[1:-1, 1:-1]
+            depth = distance_to(outside, in_plane_mm)[1:-1, 1:-1]
             depth[~region] = -1.0
             earlier = [(x, y) for (i, x, y) in avoid if i == int(index)]
             if earlier:
