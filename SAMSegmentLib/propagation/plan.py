@@ -7,6 +7,7 @@ Slice indices are along the request's axis. A chain is (seed, step) with step +1
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +33,13 @@ class SliceOutcome:
 @dataclass
 class PropagationResult:
     """Outcomes by slice index, and the slices the model ran on in this run (the others were reused, or left
-    empty without model work because their chain had ended)."""
+    empty without model work because their chain had ended); ``window`` is the intensity window the model saw
+    (a ``windowing.Window``; None when unknown)."""
 
     axis: str
     outcomes: dict[int, SliceOutcome] = field(default_factory=dict)
     recomputed: list[int] = field(default_factory=list)
+    window: Any = None
 
     def to_volume(self, shape_kji: tuple[int, int, int]) -> np.ndarray:
         """Bool mask volume [k, j, i] with every outcome written into its slice."""
