@@ -293,6 +293,7 @@ class ProtocolRun:
     clicks: list[Click] = field(default_factory=list)
     dice_per_click: list[float] | None = None
     nsd_per_click: list[float] | None = None
+    clicked_slice_dice: list[tuple[float, float]] = field(default_factory=list)  # per click: (before, after)
 
     @property
     def dsc_auc(self) -> float | None:
@@ -351,9 +352,12 @@ def run_protocol(session: SegmentationSession, reference: np.ndarray, axis: str,
         run.prompts = add_click(run.prompts, click, run.mask, axis)
         log.info("click %d on slice %d at (%d, %d), %s, error region of %d voxels", len(run.clicks), click.index,
                  click.x, click.y, "include" if click.label else "exclude", click.region_voxels)
+        before = dice(extract_slice(run.mask, axis, click.index), extract_slice(reference, axis, click.index))
         start = time.perf_counter()
         run.mask = session.propagate(axis, run.prompts, direction).to_volume(shape)
         run.seconds += time.perf_counter() - start
+        after = dice(extract_slice(run.mask, axis, click.index), extract_slice(reference, axis, click.index))
+        run.clicked_slice_dice.append((before, after))
         run.dice_per_click.append(dice(run.mask, reference))
         run.nsd_per_click.append(click_nsd(run.mask, reference, spacing))
     return run
@@ -505,7 +509,8 @@ def evaluate_case(model: SliceModel, case: Case, protocol: Protocol, out_dir: Pa
         "window": {"name": session.window.name, "low": session.window.low, "high": session.window.high},
         "prompted_slices": sorted(int(i) for i in run.prompts),
         "clicks": [{"slice": c.index, "x": c.x, "y": c.y, "label": c.label, "region_voxels": c.region_voxels,
-                    "voxel_kji": list(c.voxel_kji)} for c in run.clicks],
+                    "voxel_kji": list(c.voxel_kji), "slice_dice_before": _round(b), "slice_dice_after": _round(a)}
+                   for c, (b, a) in zip(run.clicks, run.clicked_slice_dice, strict=True)],
         "reference_voxels": int(reference.sum()), "predicted_voxels": int(run.mask.sum()),
     }
     return row, details

@@ -5,16 +5,20 @@ Prompts are in voxel coordinates of the slice plane (see slices.py); results com
 Corrections (a prompt with a context mask and points, see prompts.py). Models trained on boxes (LiteMedSAM, MedSAM)
 barely react to clicks, and letting them redraw the whole contour from box + clicks loses more than it gains
 (measured on ../shared/data: replacing the contour lowered the slice Dice after 73 % of simulated clicks). So a
-correction changes the context only around each click:
+correction changes the context only around each click, one click after the other (the model sees the points up to
+the current one, so a later click never changes what an earlier one did):
 
-- include point outside the context: add the model's region there (box: the context's box grown to contain the
-  point, plus the points) when it is at most ``LOCAL_AREA_FACTOR`` times the click's disc; otherwise add the disc;
-- exclude point inside the context: remove the part of the context the model drops around the point (same bound),
-  otherwise the disc;
+- include point outside the context: the model's region containing the point, from the best-scoring of a few
+  boxes (the context's box grown to the point, boxes of the object's size around the point), when it is at most
+  ``LOCAL_AREA_FACTOR`` times the click's disc; otherwise the disc;
+- exclude point inside the context: the part of the context the model drops around the point (from the context's
+  box, or that box with its edge nearest the point moved past it), under the same bound and less than half the
+  context; otherwise the disc;
 
 where a click's disc is the disc around it that reaches the context's boundary (radius: the distance to the
-nearest context voxel for an include, to the nearest outside voxel for an exclude, in mm). Everything farther from
-the clicks keeps the context.
+nearest context voxel for an include, to the nearest outside voxel for an exclude, in mm): in the middle of a
+missed or leaked band, it stays inside the band. Everything farther from the clicks keeps the context. With an
+empty context (the propagation had ended there), the prompt's box is the size hint for the include boxes.
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ class SlicePredictor:
         axis_index(axis)
         geo = self.geometry(axis)
         prompt.check_inside(geo.shape, f"slice {index} ({axis})")
-        if prompt.mask is not None and len(prompt.points) and prompt.mask.any():
+        if prompt.mask is not None and len(prompt.points):
             return self.correct(axis, index, prompt)
         if not prompt.has_include:
             raise PromptError(f"slice {index} ({axis}) has only exclude points and nothing to correct there: add an "
@@ -175,41 +179,113 @@ class SlicePredictor:
         return SliceResult(axis, int(index), logits > 0, logits, float(decoded.iou[best]), low, self.window)
 
     def correct(self, axis: str, index: int, prompt: SlicePrompt) -> SliceResult:
-        """Correct ``prompt.mask`` (the context) with ``prompt.points``: see the module docstring.
+        """Correct ``prompt.mask`` (the context, possibly empty) with ``prompt.points``: see the module docstring.
 
-        ``prompt.box`` (optional) replaces the context's grown box as the model's box. Points are applied in
-        order; a point already on the right side of the context changes nothing.
+        ``prompt.box`` (optional) is the object's box for the model: the context's grown box by default; with an
+        empty context, the hint for the object's size (a neighbouring slice's box). Points are applied in order;
+        a point already on the right side of the mask changes nothing.
         """
         axis = axis.upper()
         geo = self.geometry(axis)
         context = np.asarray(prompt.mask, dtype=bool)
-        box = prompt.box if prompt.box is not None else grow_box(box_from_mask(context), context.shape)
-        include = prompt.points[prompt.labels == 1]
-        if len(include):
-            box = np.array([min(box[0], include[:, 0].min()), min(box[1], include[:, 1].min()),
-                            max(box[2], include[:, 0].max()), max(box[3], include[:, 1].max())])
-        proposal = self.predict(axis, index, SlicePrompt(points=prompt.points, labels=prompt.labels, box=box),
-                                multimask=False)
+        base = prompt.box
+        if base is None and context.any():
+            base = grow_box(box_from_mask(context), context.shape)
         mask = context.copy()
         rows, cols = mask.shape
-        yy, xx = np.mgrid[:rows, :cols]
-        sy, sx = geo.spacing
-        for (px, py), label in zip(prompt.points, prompt.labels, strict=True):
+        score = 0.0
+        for n, ((px, py), label) in enumerate(zip(prompt.points, prompt.labels, strict=True)):
             x, y = int(np.clip(round(px), 0, cols - 1)), int(np.clip(round(py), 0, rows - 1))
             if bool(mask[y, x]) == bool(label):
                 continue
+            # the model sees the points up to this one: a later click never changes what an earlier one did
+            upto = SlicePrompt(points=prompt.points[: n + 1], labels=prompt.labels[: n + 1])
             if label == 1:
-                radius = float(distance_to(mask, geo.spacing)[y, x])
-                region = _component_at(proposal.mask, x, y) & ~mask
+                region, s = self._include_region(axis, index, mask, x, y, base, upto)
+                mask |= region
             else:
-                radius = float(distance_to(~np.pad(mask, 1), geo.spacing)[1:-1, 1:-1][y, x])
-                region = _component_at(mask & ~proposal.mask, x, y)
-            disc = ((xx - x) * sx) ** 2 + ((yy - y) * sy) ** 2 <= radius**2
-            if not region.any() or region.sum() > LOCAL_AREA_FACTOR * disc.sum():
-                region = disc
-            region[y, x] = True
-            mask = mask | region if label == 1 else mask & ~region
-        logits = np.where(mask, np.maximum(proposal.logits, 1.0), np.minimum(proposal.logits, -1.0))
+                region, s = self._exclude_region(axis, index, mask, x, y, base, upto)
+                mask &= ~region
+            score = max(score, s)
         emb = self.embedding(axis, index)
+        logits = np.where(mask, 1.0, -1.0).astype(np.float32)
         low = self.model.mask_to_low_res(mask_to_model_grid(mask, geo), emb)
-        return SliceResult(axis, int(index), mask, logits.astype(np.float32), proposal.score, low, self.window)
+        return SliceResult(axis, int(index), mask, logits, score, low, self.window)
+
+    def _disc(self, axis: str, shape: tuple[int, int], x: int, y: int, radius_mm: float) -> np.ndarray:
+        sy, sx = self.geometry(axis).spacing
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        disc = ((xx - x) * sx) ** 2 + ((yy - y) * sy) ** 2 <= radius_mm**2
+        disc[y, x] = True
+        return disc
+
+    def _decode_box(self, axis: str, index: int, box: np.ndarray, prompt: SlicePrompt) -> SliceResult:
+        rows, cols = self.geometry(axis).shape
+        b = np.clip(np.asarray(box, dtype=float), 0, [cols - 1, rows - 1, cols - 1, rows - 1])
+        return self.predict(axis, index, SlicePrompt(points=prompt.points, labels=prompt.labels, box=b),
+                            multimask=False)
+
+    def _include_region(self, axis, index, mask, x, y, base, prompt) -> tuple[np.ndarray, float]:
+        """Voxels an include click at (x, y) adds: the best model region containing it that stays local, or the
+        click's disc (reaching the mask). Candidates: the object's box grown to the click and as far beyond it as
+        the mask is from it, and boxes of the object's size and half its size centred on the click (for a part of
+        the object away from the mask). The model's predicted IoU picks among them."""
+        geo = self.geometry(axis)
+        disc = None
+        boxes = []
+        if mask.any():
+            reach = float(distance_to(mask, geo.spacing)[y, x])  # mm from the click to the mask
+            disc = self._disc(axis, mask.shape, x, y, reach)
+        if base is not None:
+            # the click is the middle of what is missing: the box reaches as far beyond it as the mask is before it
+            rx, ry = (0.0, 0.0) if disc is None else (reach / geo.spacing[1], reach / geo.spacing[0])
+            boxes.append(np.array([min(base[0], x - rx), min(base[1], y - ry), max(base[2], x + rx),
+                                   max(base[3], y + ry)]))
+            w, h = base[2] - base[0], base[3] - base[1]
+            for f in (0.5, 0.25):
+                boxes.append(np.array([x - f * w, y - f * h, x + f * w, y + f * h]))
+        best: tuple[float, np.ndarray] | None = None
+        for box in boxes:
+            r = self._decode_box(axis, index, box, prompt)
+            region = _component_at(r.mask, x, y) & ~mask
+            if not region.any():
+                continue
+            if disc is not None and region.sum() > LOCAL_AREA_FACTOR * disc.sum():
+                continue
+            if best is None or r.score > best[0]:
+                best = (r.score, region)
+        if best is not None:
+            return best[1], best[0]
+        if disc is None:  # nothing to measure the click's reach against: the click voxel
+            disc = np.zeros_like(mask)
+            disc[y, x] = True
+        return disc & ~mask, 0.0
+
+    def _exclude_region(self, axis, index, mask, x, y, base, prompt) -> tuple[np.ndarray, float]:
+        """Voxels an exclude click at (x, y) removes: the part of the mask the model drops around it, from the
+        object's box or from that box with its edge nearest the click moved past the click, when it stays local
+        (at most ``LOCAL_AREA_FACTOR`` discs and less than half the mask); otherwise the click's disc (reaching the
+        mask's outside)."""
+        geo = self.geometry(axis)
+        outside = distance_to(~np.pad(mask, 1), geo.spacing)[1:-1, 1:-1]
+        disc = self._disc(axis, mask.shape, x, y, float(outside[y, x])) & mask
+        boxes = []
+        if base is not None:
+            boxes.append(np.asarray(base, dtype=float))
+            x0, y0, x1, y1 = base
+            edge = int(np.argmin([x - x0, y - y0, x1 - x, y1 - y]))
+            cut = np.array(base, dtype=float)
+            cut[edge] = (x + 1, y + 1, x - 1, y - 1)[edge]
+            if cut[0] <= cut[2] and cut[1] <= cut[3]:
+                boxes.append(cut)
+        best: tuple[float, np.ndarray] | None = None
+        for box in boxes:
+            r = self._decode_box(axis, index, box, prompt)
+            region = _component_at(mask & ~r.mask, x, y)
+            if not region.any() or region.sum() > LOCAL_AREA_FACTOR * disc.sum() or region.sum() * 2 >= mask.sum():
+                continue
+            if best is None or r.score > best[0]:
+                best = (r.score, region)
+        if best is not None:
+            return best[1], best[0]
+        return disc, 0.0

@@ -88,9 +88,15 @@ class SegmentationSession:
         return self.window
 
     def _fit(self, axis: str, prompts: dict[int, SlicePrompt]) -> Window:
-        """Fit to the first prompt with a box (lowest slice index), else the first with a mask or points."""
-        ranked = sorted(prompts.items(), key=lambda kv: (kv[1].box is None, kv[1].mask is None, kv[0]))
-        index, prompt = ranked[0]
+        """Fit to the largest box among the prompts (the most representative view of the object; the lowest slice
+        on ties), else to the first prompt with a mask, else to the first with points."""
+
+        def rank(item):
+            index, p = item
+            area = 0.0 if p.box is None else float((p.box[2] - p.box[0] + 1) * (p.box[3] - p.box[1] + 1))
+            return (p.box is None, -area, p.mask is None, index)
+
+        index, prompt = min(prompts.items(), key=rank)
         values = extract_slice(self.volume.array, axis, index)
         box = prompt.box
         if box is None and prompt.mask is not None and prompt.mask.any():
