@@ -147,6 +147,11 @@ class SegmentationSession:
         window = self._window_for(axis, prompts)
         if self.model.capabilities.memory_propagation and direction != "none":
             propagator = self._memory_propagator()
+            extents = [p.extent for p in prompts.values() if p.extent is not None]
+            if extents:  # chaining narrows the range itself; memory propagation is given the 3D box's slices
+                n = self.volume.axis_length(axis)
+                lo, hi = frange if frange is not None else (0, n - 1)
+                frange = (max(lo, min(e[0] for e in extents)), min(hi, max(e[1] for e in extents)))
         else:
             propagator = self._chain
         result = propagator.run(axis, prompts, direction, frange, on_slice, should_stop, progress)
