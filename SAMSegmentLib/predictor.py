@@ -212,8 +212,11 @@ class SlicePredictor:
         low = self.model.mask_to_low_res(mask_to_model_grid(mask, geo), emb)
         return SliceResult(axis, int(index), mask, logits, score, low, self.window)
 
-    def _disc(self, axis: str, shape: tuple[int, int], x: int, y: int, radius_mm: float) -> np.ndarray:
+    def _disc(self, axis: str, shape: tuple[int, int], x: int, y: int, centre_distance_mm: float) -> np.ndarray:
+        """Voxels around (x, y) closer than the contour: ``centre_distance_mm`` is the distance to the nearest
+        voxel across the contour, which lies half a voxel before it."""
         sy, sx = self.geometry(axis).spacing
+        radius_mm = max(0.0, centre_distance_mm - 0.5 * min(sx, sy))
         yy, xx = np.mgrid[: shape[0], : shape[1]]
         disc = ((xx - x) * sx) ** 2 + ((yy - y) * sy) ** 2 <= radius_mm**2
         disc[y, x] = True
