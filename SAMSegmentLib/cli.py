@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override the prompts file's propagate value")
     seg.add_argument("--axis", choices=("I", "J", "K"), default=None,
                      help="slice normal for markups prompts (default K); PROMPTS.json carries its own")
-    seg.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET",
-                     help="intensity window, e.g. 400,40 or ct-lung (default: automatic)")
+    seg.add_argument("--window", default="fit", metavar="fit|volume|WIDTH,LEVEL|PRESET",
+                     help="intensity window: fit (default: fitted to the object from its first box), volume "
+                     "(one automatic window for the volume), WIDTH,LEVEL (e.g. 400,40) or a preset (e.g. ct-lung)")
     _add_progress_args(seg)
     seg.add_argument("--engine", default=None, metavar="URL",
                      help="run on the engine server at URL (started with 'samsegment serve') instead of in this "
@@ -142,12 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("label", nargs="?", help="reference labelmap on the image grid")
     _add_series_arg(ev)
     ev.add_argument("--label", dest="label_values", default="1", help="label value(s), comma separated (default 1)")
-    ev.add_argument("--protocol", default="one-box", help="box-per-slice, one-box or clicks-N (e.g. clicks-3)")
+    ev.add_argument("--protocol", default="one-box",
+                    help="box-per-slice, one-box, box3d, clicks-N (one box, then N clicks) or box3d-clicks-N (the "
+                    "CVPR 2025 interactive challenge's protocol: box3d-clicks-5)")
     ev.add_argument("--axis", choices=("I", "J", "K"), default="K", help="slice normal (default K)")
     ev.add_argument("--cases", default=None, help="CSV with columns case,image,label[,label_values,axis]")
     ev.add_argument("--jitter", type=float, default=0.0, help="box jitter, fraction of box size (default 0)")
     ev.add_argument("--seed", type=int, default=0, help="random seed for jitter")
-    ev.add_argument("--window", default=None, metavar="WIDTH,LEVEL|PRESET", help="intensity window (default automatic)")
+    ev.add_argument("--window", default="fit", metavar="fit|volume|WIDTH,LEVEL|PRESET",
+                    help="intensity window: fit (default, fitted to each object), volume, WIDTH,LEVEL or a preset")
     ev.add_argument("-o", "--output", required=True,
                     help="output folder: report.json, report.md, prediction.nii.gz, overlay.png "
                     "(with --cases: <case>/prediction.nii.gz and <case>/overlay.png)")
@@ -169,18 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_window(text: str | None, array=None):
-    """'WIDTH,LEVEL' or a preset name -> Window; None -> None (automatic)."""
+    """'WIDTH,LEVEL' or a preset name -> Window; 'volume' -> the volume's automatic window; 'fit' or None -> None
+    (the session fits a window to each object)."""
     from .windowing import CT_PRESETS, Window, auto_window
 
-    if text is None:
+    if text is None or text == "fit":
         return None
+    if text == "volume":
+        return auto_window(array)
     if text in CT_PRESETS:
         return auto_window(array, preset=text)
     try:
         width, level = (float(v) for v in text.split(","))
         return Window.from_width_level(width, level)
     except ValueError:
-        raise CliError(f"--window must be WIDTH,LEVEL (e.g. 400,40) or one of {', '.join(CT_PRESETS)}") from None
+        raise CliError(f"--window must be fit, volume, WIDTH,LEVEL (e.g. 400,40) or one of {', '.join(CT_PRESETS)}"
+                       ) from None
 
 
 class ProgressBar:

@@ -6,33 +6,46 @@ Protocols (prompts derived from the reference = union of the chosen label values
     The reference's bounding box on every slice that holds reference voxels; no propagation.
 ``one-box``
     One box on the slice where the reference is largest (most voxels); propagate in both directions.
-``clicks-N``
-    ``one-box``, then up to N corrective clicks, re-propagating after each (the session caches chains, so only
-    what a click changes is recomputed). A click goes to the largest 3D error region: false negatives
-    (reference, not predicted) and false positives (predicted, not reference) are labelled separately into
-    6-connected components and the largest component of either kind wins (false negatives on ties). The click
-    lies on the slice where that component has most voxels, at the component pixel farthest (in mm) from the
-    component's 2D boundary on that slice. It includes (label 1) for a false negative and excludes (label 0)
-    for a false positive. On a slice that already has a prompt, the click joins it (the box stays). On a new
-    slice the prompt is the click plus a box: the bounding box of the current prediction on that slice, or, where
-    the prediction there is empty, of the nearest slice with a prediction, grown by ``BOX_MARGIN`` (as chaining
-    prompts a next slice) and to contain an include click (LiteMedSAM was trained on boxes and behaves poorly on a lone point). Only when nothing is predicted anywhere
-    is the click used alone. No click lands within ``AVOID_RADIUS`` voxels of an earlier click on the same slice
-    (a click the model ignored is not repeated next to itself; the next best pixel, slice or component is used).
-    ``dice_per_click`` lists the Dice after the initial box and after each click (N + 1 values); when nothing is
-    left to correct, the remaining entries repeat the last Dice.
+``box3d``
+    The initial prompt of the CVPR 2025 "Foundation Models for Interactive 3D Biomedical Image Segmentation"
+    challenge (``get_boxes.py`` of JunMa11/CVPR-MedSegFMCompetition): the reference's first and last slice along
+    the axis, and its bounding box on the middle slice (the median of the reference voxels' slice indices, the
+    challenge's ``z_mid``); propagation in both directions, bounded by the first and last slice. The challenge
+    grows the box by a random 0-5 pixels (at 256 px); here the box is tight unless ``--jitter`` is given.
+``clicks-N`` / ``box3d-clicks-N``
+    ``one-box`` / ``box3d``, then N simulated clicks, as the challenge's ``CVPR25_iter_eval.py`` places them:
+    the error is every voxel where prediction and reference differ; of its 26-connected components the largest
+    is corrected; the click goes to the component voxel farthest from the component's outside (Euclidean
+    distance in voxel units, the volume's border counting as outside; ties: one of the farthest voxels drawn
+    with ``numpy.random.RandomState(42)``, the challenge's ``np.random.seed(42)``); it is an include click
+    where the reference holds that voxel, an exclude click otherwise. Each click is a correction with the
+    previous prediction as context: on a prompted slice it joins the prompt together with that slice's current
+    mask; on any other slice it is a points-only prompt, which the engine resolves against the propagated
+    result there (see request.py). After each click the propagation runs again (the session caches chains, so
+    only what a click changes is recomputed).
+
+    Reported like the challenge: ``dice_per_click`` and ``nsd_per_click`` (N + 1 values: the initial prompt,
+    then after each click; NSD at 2 mm, and 0 where Dice is at most 0.2, as the challenge does);
+    ``dsc_auc`` and ``nsd_auc``, the trapezoidal area under those curves over the N click steps (unit spacing,
+    the initial prompt excluded: for N = 5 at most 4, ``scipy.integrate.cumulative_trapezoid(dscs[-5:],
+    np.arange(5))[-1]`` in the challenge); the final Dice and NSD are the row's ``dice`` and ``nsd_2mm``.
+    When nothing is left to correct, the remaining entries repeat the last values.
 
 Box jitter (``--jitter F``): each box edge moves by a uniform random amount in [-F, F] times the box's side
 length (voxels), clipped to the slice; seeded per case from ``--seed`` and the case name, so results do not
 depend on case order.
 
+Metrics (see metrics.py; their definitions are written into report.json under ``"metrics"``): Dice; NSD at 1 and
+2 mm and HD95 in the area-weighted surface-distance convention of MedSAM and the CVPR 2024 / 2025 challenges;
+``nsd_2mm_voxels``, the boundary-voxel NSD (MONAI's default), as an extra.
+
 Outputs in the output folder: ``report.json`` (exactly ``{"cases": [{"case", "dice", "nsd_1mm", "nsd_2mm",
-"hd95_mm", "seconds"[, "dice_per_click"]}, ...], ...}``; further top-level keys follow "cases"), ``report.md``
-(a table with a mean row). One case (IMAGE LABEL): ``prediction.nii.gz`` and ``overlay.png`` in the folder
-itself. ``--cases CSV``: ``<case>/prediction.nii.gz`` and ``<case>/overlay.png`` per case. Predictions are
-labelmaps on the image grid with value 1 inside. HD95 is ``null`` in JSON when exactly one mask is empty.
-``seconds`` is the wall time of the model work of a case (session set-up, encoding, decoding, propagation);
-reading, writing, metrics and click simulation are not counted.
+"hd95_mm", "nsd_2mm_voxels", "seconds"[, "dice_per_click", "nsd_per_click", "dsc_auc", "nsd_auc"]}, ...], ...}``;
+further top-level keys follow "cases"), ``report.md`` (a table with a mean row). One case (IMAGE LABEL):
+``prediction.nii.gz`` and ``overlay.png`` in the folder itself. ``--cases CSV``: ``<case>/prediction.nii.gz`` and
+``<case>/overlay.png`` per case. Predictions are labelmaps on the image grid with value 1 inside. HD95 is ``null``
+in JSON when exactly one mask is empty. ``seconds`` is the wall time of the model work of a case (session set-up,
+encoding, decoding, propagation); reading, writing, metrics and click simulation are not counted.
 """
 
 from __future__ import annotations
@@ -50,20 +63,30 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import compare_masks, dice, distance_transform, spacing_kji
+from .metrics import METRIC_DEFINITIONS, compare_masks, dice, normalized_surface_dice, spacing_kji, squared_distance_to
 from .models.base import SliceModel
 from .prompts import SlicePrompt, box_from_mask
 from .request import SegmentationRequest
 from .session import SegmentationSession
 from .slices import extract_slice
-from .volume import AXES, Volume, axis_index, in_plane_axes
+from .volume import AXES, Volume, axis_index
 from .windowing import Window
 
 log = logging.getLogger(__name__)
 
-CASE_KEYS = ("case", "dice", "nsd_1mm", "nsd_2mm", "hd95_mm", "seconds")
-AVOID_RADIUS = 3.0  # voxels around an earlier click (same slice) where the next click may not land
-BOX_MARGIN = (0.05, 2.0)  # a new slice's box grows by this fraction of its side, and at least this many voxels
+CASE_KEYS = ("case", "dice", "nsd_1mm", "nsd_2mm", "hd95_mm", "nsd_2mm_voxels", "seconds")
+CLICK_KEYS = ("dice_per_click", "nsd_per_click", "dsc_auc", "nsd_auc")
+CLICK_NSD_TOLERANCE_MM = 2.0  # the challenge's NSD tolerance
+CLICK_NSD_MIN_DICE = 0.2  # the challenge computes NSD only above this Dice (0 otherwise)
+CLICK_SEED = 42  # the challenge's np.random.seed(42) for ties between farthest voxels
+PROTOCOL_DEFINITIONS = {
+    "dice_per_click": "Dice after the initial prompt, then after each simulated click",
+    "nsd_per_click": "NSD at 2 mm (area-weighted) after the initial prompt and each click; 0 where Dice <= 0.2, "
+                     "as the CVPR 2025 challenge",
+    "dsc_auc": "trapezoidal area under Dice over the click steps (unit spacing, initial prompt excluded; "
+               "CVPR 2025 challenge's DSC_AUC, at most N - 1)",
+    "nsd_auc": "the same for NSD (CVPR 2025 challenge's NSD_AUC)",
+}
 
 
 class EvaluationError(ValueError):
@@ -75,25 +98,30 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class Protocol:
-    """``kind`` is 'box-per-slice', 'one-box' or 'clicks'; ``clicks`` the number of corrective clicks."""
+    """``kind`` is 'box-per-slice', 'one-box' or 'box3d'; ``clicks`` the number of corrective clicks after it."""
 
     kind: str
     clicks: int = 0
 
     @property
     def name(self) -> str:
-        return f"clicks-{self.clicks}" if self.kind == "clicks" else self.kind
+        if self.kind == "one-box" and self.clicks:
+            return f"clicks-{self.clicks}"
+        if self.kind == "box3d" and self.clicks:
+            return f"box3d-clicks-{self.clicks}"
+        return self.kind
 
 
 def parse_protocol(text: str) -> Protocol:
-    """'box-per-slice', 'one-box' or 'clicks-N' (N >= 0) -> Protocol."""
+    """'box-per-slice', 'one-box', 'box3d', 'clicks-N' or 'box3d-clicks-N' (N >= 0) -> Protocol."""
     t = str(text).strip().lower()
-    if t in ("box-per-slice", "one-box"):
+    if t in ("box-per-slice", "one-box", "box3d"):
         return Protocol(t)
-    m = re.fullmatch(r"clicks-(\d+)", t)
+    m = re.fullmatch(r"(box3d-)?clicks-(\d+)", t)
     if m:
-        return Protocol("clicks", int(m.group(1)))
-    raise EvaluationError(f"unknown protocol {text!r}: use box-per-slice, one-box or clicks-N (e.g. clicks-3)")
+        return Protocol("box3d" if m.group(1) else "one-box", int(m.group(2)))
+    raise EvaluationError(f"unknown protocol {text!r}: use box-per-slice, one-box, box3d, clicks-N or "
+                          "box3d-clicks-N (e.g. box3d-clicks-5)")
 
 
 def parse_label_values(text: str | int | None) -> tuple[int, ...]:
@@ -165,12 +193,27 @@ def one_box_prompt(reference: np.ndarray, axis: str, jitter: float = 0.0,
     return {index: SlicePrompt(box=jitter_box(box, ref2d.shape, jitter, rng))}
 
 
+def box3d_prompt(reference: np.ndarray, axis: str, jitter: float = 0.0,
+                 rng: np.random.Generator | None = None) -> dict[int, SlicePrompt]:
+    """The challenge's 3D box: the box on the middle slice (median slice index of the reference voxels) with the
+    reference's first and last slice as ``extent``."""
+    indices = np.sort(np.nonzero(np.asarray(reference, dtype=bool))[2 - axis_index(axis)])
+    if indices.size == 0:
+        raise EvaluationError("the reference mask is empty")
+    mid = int(indices[indices.size // 2])
+    ref2d = extract_slice(reference, axis, mid)
+    box = box_from_mask(ref2d)
+    assert box is not None
+    return {mid: SlicePrompt(box=jitter_box(box, ref2d.shape, jitter, rng),
+                             extent=(int(indices[0]), int(indices[-1])))}
+
+
 @dataclass(frozen=True)
 class Click:
     """A simulated click: slice ``index`` along the axis, in-plane voxel (x, y), ``label`` 1 include / 0 exclude.
 
-    ``region_voxels`` is the size of the 3D error component it corrects; ``depth_mm`` its distance from that
-    component's 2D boundary on the slice.
+    ``voxel_kji`` is the clicked voxel, ``region_voxels`` the size of the 3D error component it corrects and
+    ``depth`` its distance (voxel units) from that component's outside.
     """
 
     index: int
@@ -178,88 +221,65 @@ class Click:
     y: int
     label: int
     region_voxels: int
-    depth_mm: float
+    depth: float
+    voxel_kji: tuple[int, int, int] = (0, 0, 0)
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """6-connected components of a 3D bool mask: (labels int32 [k, j, i], voxel count per label incl. 0)."""
+def _components26(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected components of a 3D bool mask: (labels int32 [k, j, i], voxel count per label incl. 0)."""
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8))
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, False)).astype(np.int32)
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True)).astype(np.int32)
     return labels, np.bincount(labels.reshape(-1))
 
 
-def next_click(prediction: np.ndarray, reference: np.ndarray, axis: str, spacing_ijk: tuple[float, float, float],
-               avoid: set[tuple[int, int, int]] | None = None) -> Click | None:
-    """The next corrective click (see the module docstring), or None when prediction equals the reference.
+def _in_plane(voxel_kji: tuple[int, int, int], axis: str) -> tuple[int, int, int]:
+    """(slice index along ``axis``, x, y) of a voxel (k, j, i); x, y as in slices.py."""
+    k, j, i = voxel_kji
+    return {"K": (k, i, j), "J": (j, i, k), "I": (i, j, k)}[axis.upper()]
 
-    ``spacing_ijk`` is the voxel size in mm along I, J, K; ``avoid`` holds (index, x, y) already clicked: no
-    click within ``AVOID_RADIUS`` voxels of those on the same slice.
-    """
-    axis = axis.upper()
-    avoid = avoid or set()
+
+def next_click(prediction: np.ndarray, reference: np.ndarray, axis: str) -> Click | None:
+    """The challenge's next click (see the module docstring), or None when prediction equals the reference."""
     pred, ref = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
-    label_maps: list[np.ndarray] = []
-    candidates: list[tuple[int, int, int]] = []  # (-voxels, 0 for FN / 1 for FP, component label)
-    for order, err in enumerate((ref & ~pred, pred & ~ref)):
-        labels, counts = _components(err) if err.any() else (np.zeros(err.shape, np.int32), np.zeros(1, int))
-        label_maps.append(labels)
-        candidates += [(-int(counts[c]), order, c) for c in range(1, counts.size) if counts[c]]
-    if not candidates:
+    error = pred != ref
+    if not error.any():
         return None
-    candidates.sort()
-    ax_x, ax_y = in_plane_axes(axis)
-    in_plane_mm = (spacing_ijk[axis_index(ax_y)], spacing_ijk[axis_index(ax_x)])  # (rows, cols)
-    for neg_size, order, label in candidates:
-        comp = label_maps[order] == label
-        areas = slice_areas(comp, axis)
-        for index in np.argsort(-areas, kind="stable"):
-            if areas[index] == 0:
-                break
-            region = np.asarray(extract_slice(comp, axis, int(index)), dtype=bool)
-            outside = ~np.pad(region, 1, constant_values=False)  # the slice edge counts as boundary
-            depth = distance_transform(outside, in_plane_mm)[1:-1, 1:-1]
-            depth[~region] = -1.0
-            earlier = [(x, y) for (i, x, y) in avoid if i == int(index)]
-            if earlier:
-                rows, cols = np.mgrid[: depth.shape[0], : depth.shape[1]]
-                for x, y in earlier:
-                    depth[(cols - x) ** 2 + (rows - y) ** 2 <= AVOID_RADIUS**2] = -1.0
-            flat = int(np.argmax(depth))
-            if depth.flat[flat] <= 0:
-                continue
-            y, x = divmod(flat, depth.shape[1])
-            return Click(int(index), int(x), int(y), 1 if order == 0 else 0, -neg_size, float(depth.flat[flat]))
-    return None
+    labels, counts = _components26(error)
+    counts[0] = 0
+    largest = int(np.argmax(counts))
+    component = labels == largest
+    box = tuple(slice(max(0, int(a.min()) - 1), int(a.max()) + 2) for a in np.nonzero(component))
+    crop = np.pad(component[box], 1)  # the volume's border counts as outside, like the challenge's zero padding
+    depth2 = squared_distance_to(~crop)[1:-1, 1:-1, 1:-1]  # voxel units: exact integers
+    peak = depth2.max()
+    farthest = np.argwhere(depth2 == peak)  # C order, as numpy.argwhere on the whole volume
+    chosen = farthest[np.random.RandomState(CLICK_SEED).choice(len(farthest))]
+    voxel = tuple(int(c + b.start) for c, b in zip(chosen, box, strict=True))
+    index, x, y = _in_plane(voxel, axis)
+    return Click(index, x, y, int(ref[voxel]), int(counts[largest]), float(np.sqrt(peak)), voxel)
 
 
 def add_click(prompts: dict[int, SlicePrompt], click: Click, prediction: np.ndarray, axis: str
               ) -> dict[int, SlicePrompt]:
-    """A new prompt dict with ``click`` added (see the module docstring for the box given to a new slice)."""
+    """A new prompt dict with ``click`` added as a correction with ``prediction`` [k, j, i] as context.
+
+    On a slice with a box (or a mask) the click joins that prompt and the slice's current mask becomes its
+    context; elsewhere it joins that slice's points-only prompt (or starts one), which the engine resolves
+    against the propagated result there.
+    """
     out = dict(prompts)
     point = SlicePrompt(points=[[click.x, click.y]], labels=[click.label])
-    if click.index in out:
-        out[click.index] = out[click.index].merged(point)
-        return out
-    box = box_from_mask(extract_slice(prediction, axis, click.index))
-    if box is None:
-        areas = slice_areas(prediction, axis)
-        predicted = np.nonzero(areas)[0]
-        if predicted.size:
-            nearest = int(predicted[np.argmin(np.abs(predicted - click.index))])
-            box = box_from_mask(extract_slice(prediction, axis, nearest))
-    if box is not None:
-        rows, cols = extract_slice(prediction, axis, click.index).shape
-        fraction, least = BOX_MARGIN
-        mx, my = max(least, fraction * (box[2] - box[0] + 1)), max(least, fraction * (box[3] - box[1] + 1))
-        box = np.array([max(0.0, box[0] - mx), max(0.0, box[1] - my), min(cols - 1.0, box[2] + mx),
-                        min(rows - 1.0, box[3] + my)])
-        if click.label == 1:
-            box = np.array([min(box[0], click.x), min(box[1], click.y), max(box[2], click.x), max(box[3], click.y)])
-    if box is None and click.label == 0:
-        return out  # an exclude click with nothing to exclude from cannot happen (a false positive is predicted)
-    out[click.index] = SlicePrompt(points=point.points, labels=point.labels, box=box)
+    old = out.get(click.index)
+    if old is None:
+        out[click.index] = point
+    elif old.points_only:
+        out[click.index] = old.merged(point)
+    else:
+        current = np.array(extract_slice(prediction, axis, click.index), dtype=bool)
+        merged = old.merged(point)
+        out[click.index] = merged.with_mask(current if current.any() else old.mask)
     return out
 
 
@@ -272,6 +292,31 @@ class ProtocolRun:
     prompts: dict[int, SlicePrompt]
     clicks: list[Click] = field(default_factory=list)
     dice_per_click: list[float] | None = None
+    nsd_per_click: list[float] | None = None
+    clicked_slice_dice: list[tuple[float, float]] = field(default_factory=list)  # per click: (before, after)
+
+    @property
+    def dsc_auc(self) -> float | None:
+        return _auc(self.dice_per_click)
+
+    @property
+    def nsd_auc(self) -> float | None:
+        return _auc(self.nsd_per_click)
+
+
+def _auc(values: list[float] | None) -> float | None:
+    """Trapezoidal area over the click steps (unit spacing, the initial prompt's value excluded)."""
+    if values is None or len(values) < 2:
+        return None
+    steps = np.asarray(values[1:], dtype=float)
+    return float(np.sum((steps[1:] + steps[:-1]) / 2.0)) if steps.size > 1 else 0.0
+
+
+def click_nsd(mask: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """The challenge's per-step NSD: 2 mm, area-weighted, 0 where Dice is at most 0.2."""
+    if dice(mask, reference) <= CLICK_NSD_MIN_DICE:
+        return 0.0
+    return normalized_surface_dice(mask, reference, CLICK_NSD_TOLERANCE_MM, spacing)
 
 
 def run_protocol(session: SegmentationSession, reference: np.ndarray, axis: str, protocol: Protocol,
@@ -283,6 +328,8 @@ def run_protocol(session: SegmentationSession, reference: np.ndarray, axis: str,
     shape = volume.array.shape
     if protocol.kind == "box-per-slice":
         prompts, direction = box_per_slice_prompts(reference, axis, jitter, rng), "none"
+    elif protocol.kind == "box3d":
+        prompts, direction = box3d_prompt(reference, axis, jitter, rng), "both"
     else:
         prompts, direction = one_box_prompt(reference, axis, jitter, rng), "both"
     SegmentationRequest(axis=axis, prompts=prompts, propagate=direction).validate(volume)
@@ -290,24 +337,29 @@ def run_protocol(session: SegmentationSession, reference: np.ndarray, axis: str,
     mask = session.propagate(axis, prompts, direction, progress=progress).to_volume(shape)
     seconds = time.perf_counter() - start
     run = ProtocolRun(mask, seconds, prompts)
-    if protocol.kind != "clicks":
+    if protocol.kind == "box-per-slice" or protocol.clicks == 0:
         return run
+    spacing = spacing_kji(volume.spacing_ijk)
     run.dice_per_click = [dice(mask, reference)]
-    clicked: set[tuple[int, int, int]] = set()
+    run.nsd_per_click = [click_nsd(mask, reference, spacing)]
     for _ in range(protocol.clicks):
-        click = next_click(run.mask, reference, axis, volume.spacing_ijk, clicked)
+        click = next_click(run.mask, reference, axis)
         if click is None:
             run.dice_per_click.append(run.dice_per_click[-1])
+            run.nsd_per_click.append(run.nsd_per_click[-1])
             continue
-        clicked.add((click.index, click.x, click.y))
         run.clicks.append(click)
         run.prompts = add_click(run.prompts, click, run.mask, axis)
-        log.info("click %d on slice %d at (%d, %d), %s, region of %d voxels", len(run.clicks), click.index, click.x,
-                 click.y, "include" if click.label else "exclude", click.region_voxels)
+        log.info("click %d on slice %d at (%d, %d), %s, error region of %d voxels", len(run.clicks), click.index,
+                 click.x, click.y, "include" if click.label else "exclude", click.region_voxels)
+        before = dice(extract_slice(run.mask, axis, click.index), extract_slice(reference, axis, click.index))
         start = time.perf_counter()
         run.mask = session.propagate(axis, run.prompts, direction).to_volume(shape)
         run.seconds += time.perf_counter() - start
+        after = dice(extract_slice(run.mask, axis, click.index), extract_slice(reference, axis, click.index))
+        run.clicked_slice_dice.append((before, after))
         run.dice_per_click.append(dice(run.mask, reference))
+        run.nsd_per_click.append(click_nsd(run.mask, reference, spacing))
     return run
 
 
@@ -422,8 +474,9 @@ def evaluate_case(model: SliceModel, case: Case, protocol: Protocol, out_dir: Pa
                   ) -> tuple[dict, dict]:
     """Run one case; write ``out_dir/prediction.nii.gz`` and ``out_dir/overlay.png``.
 
-    ``window`` is a Window, a preset/'WIDTH,LEVEL' string, or None (automatic). Returns (the report row with
-    keys in ``CASE_KEYS`` order, plus ``dice_per_click`` for clicks protocols; a details dict).
+    ``window`` is a Window, a 'fit' / 'volume' / preset / 'WIDTH,LEVEL' string, or None (fitted to the object).
+    Returns (the report row with keys in ``CASE_KEYS`` order, plus ``CLICK_KEYS`` for clicks protocols; a details
+    dict).
     """
     from .io import write_labelmap
     from .overlay import write_overlay
@@ -441,19 +494,24 @@ def evaluate_case(model: SliceModel, case: Case, protocol: Protocol, out_dir: Pa
     seconds = setup + run.seconds
     m = compare_masks(run.mask, reference, spacing_kji(volume.spacing_ijk))
     row: dict = {"case": case.name, "dice": _round(m.dice), "nsd_1mm": _round(m.nsd_1mm),
-                 "nsd_2mm": _round(m.nsd_2mm), "hd95_mm": _round(m.hd95_mm), "seconds": round(seconds, 3)}
+                 "nsd_2mm": _round(m.nsd_2mm), "hd95_mm": _round(m.hd95_mm),
+                 "nsd_2mm_voxels": _round(m.nsd_2mm_voxels), "seconds": round(seconds, 3)}
     if run.dice_per_click is not None:
         row["dice_per_click"] = [_round(d) for d in run.dice_per_click]
+        row["nsd_per_click"] = [_round(d) for d in run.nsd_per_click]
+        row["dsc_auc"] = _round(run.dsc_auc)
+        row["nsd_auc"] = _round(run.nsd_auc)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_labelmap(run.mask, volume, out_dir / "prediction.nii.gz")
     write_overlay(out_dir / "overlay.png", volume, reference, run.mask, case.axis, session.window)
     details = {
         "case": case.name, "image": str(case.image), "label": str(case.label),
-        "label_values": list(case.label_values), "axis": case.axis, "window": [session.window.low,
-                                                                                  session.window.high],
+        "label_values": list(case.label_values), "axis": case.axis,
+        "window": {"name": session.window.name, "low": session.window.low, "high": session.window.high},
         "prompted_slices": sorted(int(i) for i in run.prompts),
-        "clicks": [{"slice": c.index, "x": c.x, "y": c.y, "label": c.label, "region_voxels": c.region_voxels}
-                   for c in run.clicks],
+        "clicks": [{"slice": c.index, "x": c.x, "y": c.y, "label": c.label, "region_voxels": c.region_voxels,
+                    "voxel_kji": list(c.voxel_kji), "slice_dice_before": _round(b), "slice_dice_after": _round(a)}
+                   for c, (b, a) in zip(run.clicks, run.clicked_slice_dice, strict=True)],
         "reference_voxels": int(reference.sum()), "predicted_voxels": int(run.mask.sum()),
     }
     return row, details
@@ -466,10 +524,15 @@ def mean_row(rows: list[dict]) -> dict:
         values = [r[key] for r in rows if r.get(key) is not None]
         out[key] = _round(float(np.mean(values))) if values else None
     out["hd95_finite"] = sum(1 for r in rows if r.get("hd95_mm") is not None)
-    clicks = [r["dice_per_click"] for r in rows if "dice_per_click" in r]
-    if clicks:
-        n = min(len(c) for c in clicks)
-        out["dice_per_click"] = [_round(float(np.mean([c[i] for c in clicks if c[i] is not None]))) for i in range(n)]
+    for key in ("dice_per_click", "nsd_per_click"):
+        clicks = [r[key] for r in rows if key in r]
+        if clicks:
+            n = min(len(c) for c in clicks)
+            out[key] = [_round(float(np.mean([c[i] for c in clicks if c[i] is not None]))) for i in range(n)]
+    for key in ("dsc_auc", "nsd_auc"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            out[key] = _round(float(np.mean(values)))
     return out
 
 
@@ -480,15 +543,18 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def markdown_table(rows: list[dict], title: str | None = None) -> str:
     """The report as a markdown table with a mean row (HD95 mean over finite values)."""
     with_clicks = any("dice_per_click" in r for r in rows)
-    head = ["case", "Dice", "NSD 1 mm", "NSD 2 mm", "HD95 (mm)", "seconds"] + (["Dice per click"] if with_clicks else [])
+    head = ["case", "Dice", "NSD 1 mm", "NSD 2 mm", "HD95 (mm)", "NSD 2 mm (voxels)", "seconds"]
+    if with_clicks:
+        head += ["DSC_AUC", "NSD_AUC", "Dice per click"]
     lines = [f"## {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
 
     def cells(r: dict, name: str) -> list[str]:
         c = [name, _fmt(r["dice"]), _fmt(r["nsd_1mm"]), _fmt(r["nsd_2mm"]), _fmt(r["hd95_mm"], 2),
-             _fmt(r["seconds"], 1)]
+             _fmt(r.get("nsd_2mm_voxels")), _fmt(r["seconds"], 1)]
         if with_clicks:
-            c.append(" → ".join(_fmt(d) for d in r.get("dice_per_click", [])))
+            c += [_fmt(r.get("dsc_auc")), _fmt(r.get("nsd_auc")),
+                  " → ".join(_fmt(d) for d in r.get("dice_per_click", []))]
         return c
 
     for r in rows:
@@ -497,14 +563,23 @@ def markdown_table(rows: list[dict], title: str | None = None) -> str:
     label = f"**mean** ({len(rows)} cases" + (f", HD95 over {mean['hd95_finite']}" if mean["hd95_finite"] < len(rows)
                                               else "") + ")"
     lines.append("| " + " | ".join(cells(mean, label)) + " |")
+    lines += ["", "NSD and HD95: area-weighted surface elements (DeepMind surface-distance, as MedSAM and the CVPR "
+              "2024/2025 challenges report); HD95 is the larger of the two directed 95th percentiles. "
+              "NSD (voxels): boundary-voxel count (MONAI's default), not comparable with published tables."]
+    if with_clicks:
+        lines.append("DSC_AUC / NSD_AUC: trapezoidal area under Dice / NSD (2 mm) over the click steps, as the CVPR "
+                     "2025 interactive challenge.")
     return "\n".join(lines) + "\n"
 
 
 def write_reports(out_dir: Path, rows: list[dict], extra: dict, title: str) -> tuple[Path, Path]:
     """Write ``report.json`` (cases first, then ``extra``) and ``report.md``; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = [{k: r[k] for k in (*CASE_KEYS, "dice_per_click") if k in r} for r in rows]
-    payload = {"cases": cases, **extra, "mean": mean_row(rows)}
+    cases = [{k: r[k] for k in (*CASE_KEYS, *CLICK_KEYS) if k in r} for r in rows]
+    definitions = {k: v for k, v in METRIC_DEFINITIONS.items() if k in CASE_KEYS}
+    if any("dice_per_click" in r for r in rows):
+        definitions.update(PROTOCOL_DEFINITIONS)
+    payload = {"cases": cases, **extra, "metrics": definitions, "mean": mean_row(rows)}
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     json_path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     md_path.write_text(f"# SAMSegment evaluation\n\n{markdown_table(rows, title)}")

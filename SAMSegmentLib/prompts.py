@@ -3,6 +3,15 @@
 See slices.py for which voxel axes x and y are for each slice normal. Boxes are inclusive voxel corners
 (x0, y0, x1, y1); a box given with its corners the other way round (x0 > x1 or y0 > y1) is normalised, with one
 warning. Coordinates must be finite numbers (NaN or infinity is refused). Point label 1 includes, 0 excludes.
+
+What a prompt means depends on what it holds:
+
+- a box (with or without points): segment the object in the box (points refine inside it);
+- a mask (an existing contour) with points: correct that contour (include points add, exclude points remove);
+- points only: on a slice that propagation reaches, correct the propagated result there (its mask and box are
+  the context); elsewhere, segment from the points (they need an include point);
+- ``extent`` (first, last) with a box: a 3D box, the object lies on slices first..last along the prompt's axis
+  and propagation from this slice stays inside them.
 """
 
 from __future__ import annotations
@@ -24,13 +33,15 @@ class SlicePrompt:
     """Everything the user gave on one slice.
 
     ``points`` is float [N, 2] (x, y), ``labels`` int [N] (1 include, 0 exclude), ``box`` float [4] or None,
-    ``mask`` an optional bool [rows, cols] on the voxel slice grid (an existing contour to refine).
+    ``mask`` an optional bool [rows, cols] on the voxel slice grid (an existing contour to refine or correct),
+    ``extent`` an optional inclusive (first, last) slice range of the object (a 3D box, with ``box``).
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=float))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=int))
     box: np.ndarray | None = None
     mask: np.ndarray | None = None
+    extent: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=float).reshape(-1, 2)
@@ -52,6 +63,11 @@ class SlicePrompt:
             if x0 > x1 or y0 > y1:
                 log.warning("box (%g, %g, %g, %g) has its corners the other way round; using (%g, %g, %g, %g)",
                             x0, y0, x1, y1, *self.box)
+        if self.extent is not None:
+            first, last = (int(v) for v in self.extent)
+            if self.box is None:
+                raise PromptError("a 3D box needs a box on its slice as well as its first and last slice")
+            self.extent = (min(first, last), max(first, last))
 
     @property
     def is_empty(self) -> bool:
@@ -61,14 +77,29 @@ class SlicePrompt:
     def has_include(self) -> bool:
         return self.box is not None or bool((self.labels == 1).any()) or (self.mask is not None and self.mask.any())
 
+    @property
+    def points_only(self) -> bool:
+        """Points and nothing else: a correction where there is something to correct (see the module docstring)."""
+        return self.box is None and self.mask is None and len(self.points) > 0
+
+    @property
+    def is_correction(self) -> bool:
+        """A mask (the context) with points and no box: correct the mask."""
+        return self.box is None and self.mask is not None and len(self.points) > 0
+
     def merged(self, other: SlicePrompt) -> SlicePrompt:
-        """Union of two prompts on the same slice (the later box wins)."""
+        """Union of two prompts on the same slice (the later box, mask and extent win)."""
         return SlicePrompt(
             points=np.concatenate([self.points, other.points]),
             labels=np.concatenate([self.labels, other.labels]),
             box=other.box if other.box is not None else self.box,
             mask=other.mask if other.mask is not None else self.mask,
+            extent=other.extent if other.extent is not None else self.extent,
         )
+
+    def with_mask(self, mask: np.ndarray | None) -> SlicePrompt:
+        """The same points, box and extent with ``mask`` as the context."""
+        return SlicePrompt(points=self.points, labels=self.labels, box=self.box, mask=mask, extent=self.extent)
 
     def check_inside(self, shape: tuple[int, int], where: str = "") -> None:
         """Raise PromptError if a point or box corner lies outside a slice of ``shape`` (rows, cols)."""

@@ -1,8 +1,22 @@
 """Intensity windowing: volume values -> 8-bit grey levels the models were trained on.
 
 A window is (low, high) in the volume's units (HU for CT); values map linearly to 0..255 and clip outside.
-The automatic window is computed once per volume so that neighbouring slices agree:
-CT (data in Hounsfield units) gets a preset, anything else the 0.5-99.5 percentiles of its non-background voxels.
+Two automatic windows, each computed once and kept (so that neighbouring slices agree):
+
+- ``volume`` (:func:`auto_window`): once per volume. CT (data in Hounsfield units) gets the soft-tissue preset,
+  anything else the 0.5-99.5 percentiles of its non-background voxels.
+- ``fit`` (:func:`fit_window`): once per object, from the grey levels in and around its first box (or points).
+  CT: the window is centred on the object's own intensity (median of the box's central half) and wide enough to
+  show 90 % of the box (its 5th to 95th percentile: the tissue the object borders) unclipped, at least 400 HU wide.
+  A nodule in lung gets a lung-like window, a liver a soft-tissue one. MedSAM and LiteMedSAM were trained on CT
+  windowed by anatomy-specific presets, which put the target near mid-grey; this reproduces that choice from the
+  prompt. Other modalities (MR, ...): the volume window the models were trained with (0.5-99.5 volume
+  percentiles), widened where the box's own 1st-99th percentiles fall outside it (a bright lesion is not clipped).
+
+Measured with LiteMedSAM (bf16, ../shared/data; reference box on every labelled slice / one box + propagation):
+lung2 0.882 / 0.879 with the volume window (soft tissue), 0.911 / 0.900 fitted; t2, brain1 and liver unchanged
+within 0.003. Narrow percentile windows of the box alone were worse on the MR cases (brain1 0.78-0.84) and
+percentiles of a region grown around the box included air in the liver case (0.81).
 """
 
 from __future__ import annotations
@@ -24,6 +38,12 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
     "ct-mediastinum": (500.0, 50.0),
 }
 DEFAULT_CT_PRESET = "ct-soft-tissue"
+WINDOW_MODES = ("fit", "volume")  # automatic windows: fitted to each object, or one per volume
+
+FIT_CT_MIN_HALF_WIDTH = 200.0  # HU: a fitted CT window is at least as wide as the soft-tissue preset
+FIT_BOX_PERCENTILES = (5.0, 95.0)  # CT: the part of the box shown unclipped
+FIT_MR_PERCENTILES = (1.0, 99.0)  # other modalities: the part of the box the volume window must not clip
+POINTS_REGION_FRACTION = 0.125  # a points-only prompt: a square of this fraction of the slice's smaller side
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,53 @@ def auto_window(array: np.ndarray, preset: str | None = None) -> Window:
         width, level = CT_PRESETS[DEFAULT_CT_PRESET]
         return Window.from_width_level(width, level, DEFAULT_CT_PRESET)
     return percentile_window(array)
+
+
+def fit_window(array: np.ndarray, region: np.ndarray, is_ct: bool | None = None) -> Window:
+    """The window fitted to one object from ``region``: the voxel values in its box on the prompted slice.
+
+    ``region`` is 2D [rows, cols] (the box, edges inclusive), or any array of values (its centre is then not
+    known and the median of all values is used). ``is_ct`` None decides from the volume (:func:`looks_like_ct`).
+    See the module docstring for the rule.
+    """
+    region = np.asarray(region, dtype=np.float32)
+    if region.size == 0:
+        raise ValueError("cannot fit a window to an empty region")
+    if is_ct is None:
+        is_ct = looks_like_ct(array)
+    if is_ct:
+        if region.ndim == 2 and min(region.shape) >= 4:
+            h, w = region.shape
+            inner = region[h // 4 : h - h // 4, w // 4 : w - w // 4]
+        else:
+            inner = region
+        level = float(np.median(inner))
+        lo, hi = np.percentile(region, FIT_BOX_PERCENTILES)
+        half = max(FIT_CT_MIN_HALF_WIDTH, level - float(lo), float(hi) - level)
+        return Window(max(level - half, -1024.0), level + half, "fit-ct")
+    base = percentile_window(array)
+    lo, hi = np.percentile(region, FIT_MR_PERCENTILES)
+    return Window(min(base.low, float(lo)), max(base.high, float(hi)), "fit-percentile")
+
+
+def prompt_region(slice_values: np.ndarray, box: np.ndarray | None, points: np.ndarray | None) -> np.ndarray:
+    """The values a window is fitted to: inside ``box`` (inclusive voxel corners (x0, y0, x1, y1)) on a slice
+    [rows, cols], or, with points only, a square around the points (at least ``POINTS_REGION_FRACTION`` of the
+    slice's smaller side)."""
+    rows, cols = slice_values.shape
+    if box is None:
+        pts = np.asarray(points, dtype=float).reshape(-1, 2)
+        if pts.size == 0:
+            raise ValueError("a window needs a box or points to fit to")
+        side = max(4.0, POINTS_REGION_FRACTION * min(rows, cols))
+        cx, cy = pts.mean(axis=0)
+        half_x = max(side / 2, (pts[:, 0].max() - pts[:, 0].min()) / 2)
+        half_y = max(side / 2, (pts[:, 1].max() - pts[:, 1].min()) / 2)
+        box = np.array([cx - half_x, cy - half_y, cx + half_x, cy + half_y])
+    x0, y0, x1, y1 = (int(round(v)) for v in np.asarray(box, dtype=float))
+    x0, x1 = max(0, min(x0, cols - 1)), max(0, min(x1, cols - 1))
+    y0, y1 = max(0, min(y0, rows - 1)), max(0, min(y1, rows - 1))
+    return slice_values[min(y0, y1) : max(y0, y1) + 1, min(x0, x1) : max(x0, x1) + 1]
 
 
 def _sample(array: np.ndarray, max_values: int = 2_000_000) -> np.ndarray:

@@ -70,7 +70,9 @@ class SessionSpec:
     """How a session runs: model, where and how (device, backend, precision), what the model sees (window), and
     the embedding cache budget in MiB.
 
-    ``window`` is an explicit intensity window (low, high) in the volume's units, or None for the automatic one.
+    ``window`` is an explicit intensity window (low, high) in the volume's units (e.g. what the user sees in
+    Slicer), or None for an automatic one: ``window_mode`` "fit" fits one to each object from its first prompt,
+    "volume" uses one for the whole volume (see SegmentationSession).
     """
 
     model: str = "litemedsam"
@@ -79,11 +81,12 @@ class SessionSpec:
     precision: str = "auto"
     window: tuple[float, float] | None = None
     cache_mb: int = 512
+    window_mode: str = "fit"
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "device": self.device, "backend": self.backend, "precision": self.precision,
                 "window": None if self.window is None else [float(self.window[0]), float(self.window[1])],
-                "cache_mb": int(self.cache_mb)}
+                "cache_mb": int(self.cache_mb), "window_mode": self.window_mode}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SessionSpec:
@@ -97,9 +100,12 @@ class SessionSpec:
         cache_mb = int(data.get("cache_mb", 512))
         if not 0 < cache_mb <= 1 << 20:
             raise ValueError("cache_mb must be between 1 and 1048576")
+        window_mode = str(data.get("window_mode", "fit"))
+        if window_mode not in ("fit", "volume"):
+            raise ValueError(f"window_mode must be fit or volume, not {window_mode!r}")
         return cls(model=str(data.get("model", "litemedsam")), device=str(data.get("device", "auto")),
                    backend=str(data.get("backend", "auto")), precision=str(data.get("precision", "auto")),
-                   window=window, cache_mb=cache_mb)
+                   window=window, cache_mb=cache_mb, window_mode=window_mode)
 
 
 @dataclass
@@ -260,6 +266,10 @@ class EngineSession(ABC):
         'result' events stream each slice's ``SliceOutcome`` outward from the prompted slices, 'progress' events
         (done, total); ``done`` carries a PropagationSummary.
         """
+
+    @abstractmethod
+    def new_object(self) -> Request:
+        """The next prompts are another object: it gets a window of its own (window_mode "fit")."""
 
     @abstractmethod
     def close(self) -> None:

@@ -439,6 +439,23 @@ class RemoteSession(EngineSession):
 
         return self._call("propagate", send)
 
+    def new_object(self) -> Request:
+        def send(request: Request, on_expired) -> None:
+            def done(reply: _Reply | None, exc: BaseException | None) -> None:
+                if exc is not None:
+                    request._fail(exc)
+                elif reply.status == 200:
+                    request._push(EngineEvent("done", None))
+                elif isinstance(reply.error(), SessionExpired):
+                    on_expired()  # a reopened session starts with no object anyway
+                else:
+                    request._fail(reply.error())
+
+            self.engine._send("POST", f"/v1/sessions/{self.sid}/new-object", b"{}", done,
+                              content_type="application/json")
+
+        return self._call("new-object", send)
+
     def _cancel_job(self, job: str, request: Request) -> None:
         if self.sid is None:
             return

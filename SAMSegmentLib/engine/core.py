@@ -224,7 +224,8 @@ class EngineCore:
             cache_bytes = min(spec.cache_mb, self.session_cache_mb) << 20
             with self._lock:
                 self._make_room(cache_bytes, keep_volume=vid)  # the cache may fill up to its budget: reserve it
-            session = SegmentationSession(model, stored.volume, window=window, cache_bytes=cache_bytes)
+            session = SegmentationSession(model, stored.volume, window=window, cache_bytes=cache_bytes,
+                                          window_mode=spec.window_mode)
             sid = secrets.token_urlsafe(18)
             core_session = CoreSession(sid, owner, spec, vid, session, self.gate_for(model), reserved=cache_bytes)
             with self._lock:
@@ -319,10 +320,18 @@ class EngineCore:
         def run(ctx: JobContext) -> PreviewResult:
             with _gated(s.gate, PRIORITY_PREVIEW, ctx):
                 result = s.session.preview(axis, int(index), prompt)
-            return PreviewResult(axis, int(index), np.asarray(result.mask, bool), float(result.score), s.window,
+            used = getattr(result, "window", None)
+            window = s.window if used is None else (float(used.low), float(used.high), str(used.name))
+            return PreviewResult(axis, int(index), np.asarray(result.mask, bool), float(result.score), window,
                                  time.time())
 
         return self._submit(f"preview {axis}{index}", run, on_event, s)
+
+    def new_object(self, sid: str, owner: str = "local") -> None:
+        """The session's next prompts are another object (its own fitted window)."""
+        s = self.session(sid, owner)
+        with self._lock:
+            s.session.new_object()
 
     def prefetch(self, sid: str, axis: str, indices: list[int], owner: str = "local",
                  on_event: Callable[[JobEvent], None] | None = None) -> Job:

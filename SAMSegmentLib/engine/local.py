@@ -79,7 +79,7 @@ class InProcessSession(EngineSession):
             except Exception as exc:  # validation errors and unknown sessions: for the user
                 request._fail(exc)
                 return
-            if request.cancel_requested:
+            if request.cancel_requested and holder["job"] is not None:
                 holder["job"].cancel()
 
         if self._opened.is_set():
@@ -101,6 +101,16 @@ class InProcessSession(EngineSession):
         core = self.engine.core
         return self._call("propagate", lambda sid, cb: core.propagate(sid, axis, prompts, direction, frange,
                                                                        on_event=cb))
+
+    def new_object(self) -> Request:
+        core = self.engine.core
+
+        def start(sid, cb):
+            core.new_object(sid)
+            cb(JobEvent("done", None))
+            return None
+
+        return self._call("new-object", start)
 
     def close(self) -> None:
         def run() -> None:

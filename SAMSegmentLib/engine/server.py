@@ -12,6 +12,7 @@ client's ``X-SAMSegment-Protocol`` header must equal PROTOCOL_VERSION):
 - ``POST /v1/sessions``                     JSON {volume, spec} -> {session, window, device} once the model is ready
 - ``POST /v1/sessions/{sid}/preview``       envelope {axis, index, prompt} -> envelope {score, window, mask} + mask
 - ``POST /v1/sessions/{sid}/prefetch``      JSON {axis, indices, job} -> 202
+- ``POST /v1/sessions/{sid}/new-object``    the next prompts are another object (its own fitted window)
 - ``POST /v1/sessions/{sid}/propagate``     envelope {axis, prompts, direction, range, job} -> a record stream
                                             (progress, outcome + mask, done | cancelled | error)
 - ``POST /v1/sessions/{sid}/cancel``        JSON {job}
@@ -243,6 +244,10 @@ def create_app(core: EngineCore, settings: ServerSettings | None = None) -> Star
                           "window": list(result.window), "ready_at": result.ready_at, "mask": meta}, [blob])
         return Response(body, media_type=wire.CONTENT_TYPE)
 
+    async def new_object(request: Request, owner: str) -> Response:
+        core.new_object(request.path_params["sid"], owner)
+        return JSONResponse({"new_object": True})
+
     async def prefetch(request: Request, owner: str) -> Response:
         sid = request.path_params["sid"]
         data = await json_body(request)
@@ -321,6 +326,7 @@ def create_app(core: EngineCore, settings: ServerSettings | None = None) -> Star
         Route("/v1/sessions/{sid}", handler(delete_session), methods=["DELETE"]),
         Route("/v1/sessions/{sid}/preview", handler(preview), methods=["POST"]),
         Route("/v1/sessions/{sid}/prefetch", handler(prefetch), methods=["POST"]),
+        Route("/v1/sessions/{sid}/new-object", handler(new_object), methods=["POST"]),
         Route("/v1/sessions/{sid}/propagate", handler(propagate), methods=["POST"]),
         Route("/v1/sessions/{sid}/cancel", handler(cancel), methods=["POST"]),
     ]

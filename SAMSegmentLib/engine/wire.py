@@ -194,6 +194,7 @@ def prompt_to_wire(prompt: SlicePrompt, blobs: list[bytes]) -> dict[str, Any]:
         "points": [[float(x), float(y)] for x, y in np.asarray(prompt.points, dtype=float).reshape(-1, 2)],
         "labels": [int(v) for v in np.asarray(prompt.labels).reshape(-1)],
         "box": None if prompt.box is None else [float(v) for v in np.asarray(prompt.box, dtype=float)],
+        "extent": None if prompt.extent is None else [int(prompt.extent[0]), int(prompt.extent[1])],
     }
     if prompt.mask is not None:
         meta, blob = mask_to_wire(prompt.mask)
@@ -219,6 +220,10 @@ def prompt_from_wire(data: Any, blobs: list[bytes]) -> SlicePrompt:
         raise WireError("a prompt's points must be [x, y] pairs, labels integers and the box 4 numbers") from None
     if not (np.isfinite(pts).all() and (box is None or np.isfinite(box).all())):
         raise WireError("a prompt's coordinates must be finite numbers")
+    extent = data.get("extent")
+    if extent is not None and not (isinstance(extent, list) and len(extent) == 2
+                                   and all(isinstance(v, int) for v in extent)):
+        raise WireError("a prompt's 'extent' must be [first, last] slice indices")
     mask = None
     if data.get("mask") is not None:
         meta = data["mask"]
@@ -227,7 +232,8 @@ def prompt_from_wire(data: Any, blobs: list[bytes]) -> SlicePrompt:
             raise WireError("a prompt's mask refers to a missing blob")
         mask = mask_from_wire(meta, blobs[index])
     try:
-        return SlicePrompt(points=pts, labels=lab, box=box, mask=mask)
+        return SlicePrompt(points=pts, labels=lab, box=box, mask=mask,
+                           extent=None if extent is None else (extent[0], extent[1]))
     except PromptError as exc:
         raise WireError(str(exc)) from None
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from SAMSegmentLib.metrics import dice
 from SAMSegmentLib.prompts import box_from_mask
 from SAMSegmentLib.slices import extract_slice
+
+__all__ = ["CASES", "box_filled_dice", "box_per_slice_prompts", "dice", "one_box_prompts", "write_json"]
 
 CASES = {
     # name: (folder, image, label, label value, axis)
@@ -45,11 +48,6 @@ def box_filled_dice(ref: np.ndarray, axis: str) -> float:
         x0, y0, x1, y1 = entry["box"]
         extract_slice(filled, axis, entry["slice"])[y0 : y1 + 1, x0 : x1 + 1] = True
     return dice(filled, ref)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
 def write_json(path: Path, data: dict) -> Path:

@@ -16,7 +16,10 @@ from conftest import shared_case
 from SAMSegmentLib.cli import main
 
 BOX_PER_SLICE_FLOOR = {"lung2": 0.84, "t2": 0.885, "brain1": 0.85, "liver": 0.90}
-ONE_BOX_FLOOR = {"lung2": 0.78, "t2": 0.92, "brain1": 0.60, "liver": 0.90}
+# Raised with the fitted window and the per-slice prompt candidates (measured, bf16 on CPU: lung2 0.900, t2 0.964,
+# brain1 0.718, liver 0.933; before: 0.879 / 0.950 / 0.620 / 0.907), with a margin of about 0.02-0.04.
+ONE_BOX_FLOOR = {"lung2": 0.86, "t2": 0.94, "brain1": 0.68, "liver": 0.91}
+BOX3D_FLOOR = {"brain1": 0.74}  # measured 0.764
 
 
 def _run(name: str, prompts, tmp_path) -> tuple[float, np.ndarray, np.ndarray]:
@@ -60,3 +63,27 @@ def test_one_box_propagation(name, tmp_path):
     before, after = _slices_past_reference(ref, pred, CASES[name][4])
     print(f"\n{name}: one box + propagation Dice {d:.3f}; slices past the reference: {before} before, {after} after")
     assert d >= ONE_BOX_FLOOR[name]
+
+
+@pytest.mark.slow
+def test_box3d_clicks_never_lower_the_clicked_slice_and_raise_dice():
+    """The CVPR 2025 protocol on the brain tumour (7 labelled slices): 3D box, then 3 simulated clicks."""
+    import torch
+
+    from SAMSegmentLib.evaluation import parse_protocol, run_protocol
+    from SAMSegmentLib.io import read_volume
+    from SAMSegmentLib.models import load_model
+    from SAMSegmentLib.session import SegmentationSession
+
+    folder, image, label, value, axis = CASES["brain1"]
+    volume = read_volume(shared_case(folder, image))
+    ref = np.rint(sitk.GetArrayFromImage(sitk.ReadImage(str(shared_case(folder, label))))).astype(np.int32) == value
+    model = load_model("litemedsam", device="cpu")
+    model.autocast_dtype = torch.bfloat16
+    run = run_protocol(SegmentationSession(model, volume), ref, axis, parse_protocol("box3d-clicks-3"))
+    print(f"\nbrain1 box3d-clicks-3: Dice per click {[round(d, 3) for d in run.dice_per_click]}, "
+          f"clicked slices {[(round(b, 3), round(a, 3)) for b, a in run.clicked_slice_dice]}")
+    assert len(run.clicks) == 3
+    assert all(after >= before - 1e-9 for before, after in run.clicked_slice_dice)
+    assert run.dice_per_click[-1] > run.dice_per_click[0]
+    assert run.dice_per_click[0] >= BOX3D_FLOOR["brain1"]

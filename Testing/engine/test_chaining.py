@@ -118,3 +118,45 @@ def test_chain_stops_where_the_box_slides_onto_another_tissue():
     result = session.propagate("K", {14: SlicePrompt(box=box_from_mask(obj[14]))}, "both")
     np.testing.assert_array_equal(result.to_volume(obj.shape), obj)
     assert "intensities" in (result.outcomes[21].stopped or "")
+
+
+def test_parts_get_their_own_boxes_when_one_box_would_take_in_another_tissue():
+    import dataclasses
+
+    from SAMSegmentLib.propagation.chaining import ChainParams
+    from SAMSegmentLib.windowing import Window
+
+    n = 24
+    array = np.zeros((n, 64, 64), dtype=np.int16)
+    obj = np.zeros_like(array, dtype=bool)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for k in range(6, 19):
+        obj[k] = ((xx - 14) ** 2 + (yy - 32) ** 2 <= 36) | ((xx - 48) ** 2 + (yy - 32) ** 2 <= 36)
+    array[obj] = 1000
+    other = np.zeros_like(obj)
+    other[12:19, 28:36, 24:40] = True  # between the two parts, dimmer: bright for the model, not the seed's tissue
+    array[other] = 600
+    volume = Volume(array, np.diag([1.0, 1.0, 3.0, 1.0]))
+    seed = {8: SlicePrompt(box=box_from_mask(obj[8]))}
+    window = Window(0, 1000)
+    with_parts = SegmentationSession(ThresholdModel(), volume, window=window).propagate("K", seed, "both")
+    np.testing.assert_array_equal(with_parts.to_volume(obj.shape), obj)
+    one_box = SegmentationSession(ThresholdModel(), volume, window=window,
+                                  chain_params=dataclasses.replace(ChainParams(), per_part_boxes=False))
+    mask = one_box.propagate("K", seed, "both").to_volume(obj.shape)
+    assert (mask & other).any()  # one box over both parts takes in what lies between them
+
+
+def test_inside_a_3d_box_a_collapse_does_not_end_the_chain():
+    volume, obj = blob_volume()
+    small = np.zeros_like(obj)
+    small[18:21, 30:34, 34:38] = True  # the object narrows to a small part on its last slices
+    obj[18:21] = small[18:21]
+    volume.array[:] = 0
+    volume.array[obj] = 1000
+    box = box_from_mask(obj[14])
+    session = SegmentationSession(ThresholdModel(), volume)
+    free = session.propagate("K", {14: SlicePrompt(box=box)}, "both").to_volume(obj.shape)
+    assert not free[18:].any()  # the area collapse stops an unbounded chain
+    bounded = session.propagate("K", {14: SlicePrompt(box=box, extent=(8, 20))}, "both").to_volume(obj.shape)
+    np.testing.assert_array_equal(bounded, obj)

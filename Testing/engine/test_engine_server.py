@@ -494,3 +494,22 @@ def test_nan_voxels_travel_as_the_minimum_with_a_warning(tmp_path, shared):
         stored = next(iter(core._volumes.values())).volume.array
         assert np.isfinite(stored).all() and stored[0, 0, 0] == 0.0
         engine.close()
+
+
+@pytest.mark.parametrize("kind", ["in-process", "server"])
+def test_each_object_gets_its_own_fitted_window(server, kind):
+    """window_mode fit: the first prompt fixes the window for its object; new_object() lets the next prompt fit
+    another (same behaviour in process and through the server)."""
+    array, _ = blob_volume()
+    array = array.astype(np.int16)
+    array[:, :, :20] += 300  # the left half is brighter, so boxes on either side fit different windows
+    engine = (InProcessEngine(model_loader=lambda spec: ThresholdModel()) if kind == "in-process"
+              else RemoteEngine(server.url, token=TOKEN_A))
+    session = engine.open_session(array, np.eye(4), SessionSpec(window_mode="fit"))
+    first = session.preview("K", 10, SlicePrompt(box=[2, 2, 15, 40])).wait(10).window
+    again = session.preview("K", 11, SlicePrompt(box=[22, 2, 38, 40])).wait(10).window
+    assert first == again  # same object, same window
+    session.new_object().wait(10)
+    other = session.preview("K", 11, SlicePrompt(box=[22, 2, 38, 40])).wait(10).window
+    assert other != first
+    engine.close()

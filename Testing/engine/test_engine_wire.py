@@ -74,7 +74,7 @@ def test_bad_masks_are_refused():
 def test_prompts_round_trip_with_a_mask():
     mask = np.zeros((20, 30), bool)
     mask[3:9, 4:12] = True
-    prompts = {4: SlicePrompt(points=[[3.5, 2.0], [10, 11]], labels=[1, 0], box=[1, 2, 15, 16]),
+    prompts = {4: SlicePrompt(points=[[3.5, 2.0], [10, 11]], labels=[1, 0], box=[1, 2, 15, 16], extent=(2, 7)),
                9: SlicePrompt(mask=mask)}
     blobs: list[bytes] = []
     items = wire.prompts_to_wire(prompts, blobs)
@@ -84,6 +84,7 @@ def test_prompts_round_trip_with_a_mask():
     np.testing.assert_array_equal(back[4].labels, [1, 0])
     np.testing.assert_array_equal(back[4].box, [1, 2, 15, 16])
     np.testing.assert_array_equal(back[9].mask, mask)
+    assert back[4].extent == (2, 7) and back[9].extent is None
 
 
 @pytest.mark.parametrize("item,match", [

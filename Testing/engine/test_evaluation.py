@@ -18,12 +18,14 @@ from conftest import shared_case
 from doubles import ThresholdModel
 
 from SAMSegmentLib.evaluation import (
-    AVOID_RADIUS,
     CASE_KEYS,
+    CLICK_KEYS,
     Case,
     Click,
     EvaluationError,
+    ProtocolRun,
     add_click,
+    box3d_prompt,
     box_per_slice_prompts,
     evaluate_cases,
     jitter_box,
@@ -76,7 +78,10 @@ def independent_dice(prediction_path: Path, label_path: Path, values) -> float:
 def test_parse_protocol_and_label_values():
     assert parse_protocol("one-box").name == "one-box"
     assert parse_protocol("Box-Per-Slice").kind == "box-per-slice"
-    assert parse_protocol("clicks-3").clicks == 3
+    assert parse_protocol("clicks-3").clicks == 3 and parse_protocol("clicks-3").kind == "one-box"
+    p = parse_protocol("box3d-clicks-5")
+    assert (p.kind, p.clicks, p.name) == ("box3d", 5, "box3d-clicks-5")
+    assert parse_protocol("box3d").name == "box3d" and parse_protocol("clicks-3").name == "clicks-3"
     with pytest.raises(EvaluationError, match="clicks-N"):
         parse_protocol("clicks")
     assert parse_label_values("1") == (1,)
@@ -129,49 +134,106 @@ def test_jitter_is_seeded_bounded_and_valid():
     np.testing.assert_array_equal(jitter_box(box, (40, 48), 0.0, None), box)
 
 
-def test_next_click_targets_the_middle_of_the_largest_error():
-    ref = np.zeros((5, 40, 40), dtype=bool)
-    ref[1:4, 5:25, 5:25] = True
+def challenge_click(pred: np.ndarray, ref: np.ndarray):
+    """The CVPR 2025 challenge's click, written the way CVPR25_iter_eval.py computes it (scipy, a padded crop)."""
+    from scipy import ndimage
+
+    error = pred != ref
+    labels, _ = ndimage.label(error, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    component = labels == np.argmax(sizes)
+    coords = np.argwhere(component)
+    lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
+    pad = np.maximum(((hi - lo) * 0.25).astype(int), 1)
+    crop = np.zeros(hi - lo + 2 * pad, dtype=np.uint8)
+    crop[pad[0]:pad[0] + hi[0] - lo[0], pad[1]:pad[1] + hi[1] - lo[1], pad[2]:pad[2] + hi[2] - lo[2]] = \
+        component[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    edt = ndimage.distance_transform_edt(crop)[pad[0]:pad[0] + hi[0] - lo[0], pad[1]:pad[1] + hi[1] - lo[1],
+                                               pad[2]:pad[2] + hi[2] - lo[2]]
+    full = np.zeros(error.shape)
+    full[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = edt
+    np.random.seed(42)
+    best = np.argwhere(full == full.max())
+    voxel = tuple(int(v) for v in best[np.random.choice(len(best))])
+    return voxel, int(ref[voxel])
+
+
+def test_next_click_goes_to_the_centre_of_the_largest_error_component():
+    ref = np.zeros((11, 40, 40), dtype=bool)
+    ref[1:10, 5:25, 5:25] = True
     pred = ref.copy()
-    pred[1:4, 10:19, 10:19] = False  # a 3 x 9 x 9 hole (243 voxels): false negative
-    pred[2, 27:36, 27:36] = True  # 81 voxels of false positive
-    click = next_click(pred, ref, "K", (1.0, 1.0, 1.0))
-    assert (click.index, click.x, click.y, click.label, click.region_voxels) == (1, 14, 14, 1, 243)
-    assert click.depth_mm == pytest.approx(5.0)  # the hole's 9 x 9 middle pixel is 5 pixels from outside it
-    # with the hole filled, the false positive is next: an exclude click at its centre
-    pred[1:4, 10:19, 10:19] = True
-    click = next_click(pred, ref, "K", (1.0, 1.0, 1.0))
-    assert (click.index, click.x, click.y, click.label, click.region_voxels) == (2, 31, 31, 0, 81)
-    # no second click within AVOID_RADIUS voxels of an earlier one on that slice
-    again = next_click(pred, ref, "K", (1.0, 1.0, 1.0), avoid={(2, 31, 31)})
-    assert again.label == 0 and np.hypot(again.x - 31, again.y - 31) > AVOID_RADIUS
-    assert next_click(ref, ref, "K", (1.0, 1.0, 1.0)) is None
+    pred[1:10, 10:19, 10:19] = False  # a 9 x 9 x 9 hole (729 voxels): false negative
+    pred[2:9, 28:35, 28:35] = True  # a 7 x 7 x 7 cube (343 voxels) of false positive
+    click = next_click(pred, ref, "K")
+    assert (click.index, click.x, click.y, click.label, click.region_voxels) == (5, 14, 14, 1, 729)
+    assert click.voxel_kji == (5, 14, 14) and click.depth == pytest.approx(5.0)  # voxel units, not mm
+    # along J the same voxel is slice j = 14 with (x, y) = (i, k)
+    c = next_click(pred, ref, "J")
+    assert (c.index, c.x, c.y) == (14, 14, 5)
+    pred[1:10, 10:19, 10:19] = True  # hole filled: the false positive is next, an exclude click at its centre
+    click = next_click(pred, ref, "K")
+    assert (click.index, click.x, click.y, click.label, click.region_voxels) == (5, 31, 31, 0, 343)
+    assert next_click(ref, ref, "K") is None
 
 
-def test_next_click_depth_uses_physical_spacing():
-    ref = np.ones((1, 11, 30), dtype=bool)
-    pred = ref.copy()
-    pred[0, 2:9, 5:11] = False  # hole: rows (j) 2..8, cols (i) 5..10
-    # in voxels the deepest pixels would be 3 voxels in (rows 4..6, cols 7..8); with 0.5 mm rows and 2 mm columns
-    # the rows limit the depth: only the middle row is 4 x 0.5 = 2 mm from the hole's edge
-    click = next_click(pred, ref, "K", (2.0, 0.5, 1.0))
-    assert click.y == 5 and click.depth_mm == pytest.approx(2.0)
-    assert next_click(pred, ref, "K", (1.0, 1.0, 1.0)).y == 4
+def test_next_click_joins_false_negatives_and_positives_26_connected_and_the_border_is_outside():
+    ref = np.zeros((6, 20, 20), dtype=bool)
+    ref[:, 2:8, 2:8] = True  # touches the first and last slice: the volume border
+    pred = np.zeros_like(ref)
+    pred[:, 8:12, 8:12] = True  # diagonal neighbour of the false negative: one 26-connected error component
+    click = next_click(pred, ref, "K")
+    assert click.region_voxels == int((pred != ref).sum())
+    assert click.label == 1 and 1 <= click.index <= 4  # not on a border slice: the border counts as outside
 
 
-def test_add_click_to_seed_slice_and_to_a_new_slice():
+def test_next_click_matches_the_challenge_recipe_on_random_masks():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    for _ in range(8):
+        ref = ndimage.binary_closing(rng.random((7, 24, 26)) < 0.45)
+        pred = ndimage.binary_opening(rng.random((7, 24, 26)) < 0.5) if rng.random() < 0.5 else np.roll(ref, 2, 2)
+        voxel, label = challenge_click(pred, ref)
+        click = next_click(pred, ref, "K")
+        assert click.voxel_kji == voxel and click.label == label
+
+
+def test_add_click_joins_prompts_with_the_prediction_as_context():
     pred = np.zeros((6, 20, 20), dtype=bool)
     pred[2:4, 5:10, 6:12] = True
-    prompts = {2: SlicePrompt(box=[6, 5, 11, 9])}
-    merged = add_click(prompts, Click(2, 8, 7, 0, 10, 1.0), pred, "K")
-    np.testing.assert_array_equal(merged[2].box, [6, 5, 11, 9])
-    assert merged[2].labels.tolist() == [0] and 2 in prompts and len(prompts[2].labels) == 0
+    prompts = {2: SlicePrompt(box=[6, 5, 11, 9], extent=(1, 4))}
+    on_seed = add_click(prompts, Click(2, 8, 7, 0, 10, 1.0), pred, "K")
+    np.testing.assert_array_equal(on_seed[2].box, [6, 5, 11, 9])
+    assert on_seed[2].labels.tolist() == [0] and on_seed[2].extent == (1, 4)
+    np.testing.assert_array_equal(on_seed[2].mask, pred[2])  # the current prediction there is the context
+    assert len(prompts[2].labels) == 0 and prompts[2].mask is None  # the input is not changed
     new = add_click(prompts, Click(3, 15, 7, 1, 10, 1.0), pred, "K")
-    # the prediction's box on slice 3, [6, 5, 11, 9], grown by the 2-voxel margin and to the click
-    np.testing.assert_array_equal(new[3].box, [4, 3, 15, 11])
-    assert new[3].points.tolist() == [[15, 7]] and new[3].labels.tolist() == [1]
-    far = add_click(prompts, Click(5, 7, 6, 1, 10, 1.0), pred, "K")  # nothing predicted on 5: nearest slice is 3
-    np.testing.assert_array_equal(far[5].box, [4, 3, 13, 11])
+    assert new[3].points_only and new[3].points.tolist() == [[15, 7]] and new[3].labels.tolist() == [1]
+    again = add_click(new, Click(3, 9, 6, 0, 10, 1.0), pred, "K")
+    assert again[3].points_only and again[3].labels.tolist() == [1, 0]
+
+
+def test_auc_is_the_challenges_trapezoid_over_the_click_steps():
+    from scipy import integrate
+
+    dscs = [0.5, 0.6, 0.7, 0.72, 0.8, 0.81]
+    run = ProtocolRun(np.zeros((1, 1, 1), bool), 0.0, {}, dice_per_click=dscs, nsd_per_click=dscs[::-1])
+    assert run.dsc_auc == pytest.approx(integrate.cumulative_trapezoid(np.array(dscs[-5:]), np.arange(5))[-1])
+    assert run.nsd_auc == pytest.approx(integrate.cumulative_trapezoid(np.array(dscs[::-1][-5:]), np.arange(5))[-1])
+
+
+def test_box3d_prompt_is_the_middle_slice_box_with_the_object_extent():
+    _, labels = phantom()
+    ref = labels == 1
+    (mid, prompt), = box3d_prompt(ref, "K").items()
+    ks = np.sort(np.nonzero(ref)[0])
+    assert mid == ks[ks.size // 2] and prompt.extent == (int(ks[0]), int(ks[-1]))
+    js, is_ = np.nonzero(ref[mid])
+    np.testing.assert_array_equal(prompt.box, [is_.min(), js.min(), is_.max(), js.max()])
+    (mid_j, prompt_j), = box3d_prompt(ref, "J").items()
+    jj = np.sort(np.nonzero(ref)[1])
+    assert mid_j == jj[jj.size // 2] and prompt_j.extent == (int(jj[0]), int(jj[-1]))
 
 
 # --- protocols with the stub model --------------------------------------------------------------------------------
@@ -194,14 +256,27 @@ def test_protocols_on_the_stub(stub_session):
     assert dice(run.mask, bright) > 0.95 and list(run.prompts) == [4]
 
 
+def test_box3d_bounds_propagation_to_the_reference_slices(stub_session):
+    session, labels = stub_session
+    reference = labels > 0
+    reference[1] = False  # the reference says the object starts on slice 2; the image goes on below
+    run = run_protocol(session, reference, "K", parse_protocol("box3d"))
+    (mid, prompt), = run.prompts.items()
+    assert prompt.extent == (2, 7)
+    assert not run.mask[:2].any() and not run.mask[8:].any() and run.mask[2:8].any(axis=(1, 2)).all()
+
+
 def test_clicks_correct_what_the_box_includes_wrongly(stub_session):
     session, labels = stub_session
     reference = labels == 1  # the bright blob inside the box is not part of it: exclude clicks must remove it
-    run = run_protocol(session, reference, "K", parse_protocol("clicks-3"))
-    assert len(run.dice_per_click) == 4 and len(run.clicks) == 3
+    run = run_protocol(session, reference, "K", parse_protocol("box3d-clicks-3"))
+    assert len(run.dice_per_click) == 4 and len(run.clicks) == 3 and len(run.nsd_per_click) == 4
+    assert all(b >= a for a, b in zip(run.dice_per_click, run.dice_per_click[1:], strict=False))
     assert run.dice_per_click[-1] > run.dice_per_click[0]
     assert run.dice_per_click[-1] == pytest.approx(dice(run.mask, reference))
-    assert all(c.label == 0 for c in run.clicks)  # every error is a false positive
+    assert run.clicks[0].label == 0 and run.clicks[0].index == 4  # the blob, at its centre: an exclude click
+    assert run.dsc_auc == pytest.approx(sum((a + b) / 2 for a, b in zip(run.dice_per_click[1:],
+                                                                       run.dice_per_click[2:], strict=False)))
     # nothing left to correct: the list still has N + 1 entries, repeating the last value
     run = run_protocol(session, labels > 0, "K", parse_protocol("clicks-2"))
     assert run.dice_per_click == [1.0, 1.0, 1.0] and run.clicks == []
@@ -218,15 +293,19 @@ def test_evaluate_cases_layout_reports_and_independent_dice(tmp_path: Path):
     data = json.loads((out / "report.json").read_text())
     assert list(data)[0] == "cases"
     for row in data["cases"]:
-        assert list(row) == [*CASE_KEYS, "dice_per_click"]
+        assert list(row) == [*CASE_KEYS, *CLICK_KEYS]
         assert len(row["dice_per_click"]) == 3 and row["dice"] == row["dice_per_click"][-1]
+        assert row["nsd_2mm"] == pytest.approx(row["nsd_per_click"][-1], abs=1e-6)
     assert data["protocol"] == "clicks-2" and data["model"] == "threshold-double"
+    assert "surface-distance" in data["metrics"]["nsd_2mm"] and "larger" in data["metrics"]["hd95_mm"]
+    assert "DSC_AUC" in data["metrics"]["dsc_auc"]
     for case, row in zip(cases, data["cases"], strict=True):
         assert (out / case.name / "prediction.nii.gz").exists() and (out / case.name / "overlay.png").exists()
         expected = independent_dice(out / case.name / "prediction.nii.gz", case.label, case.label_values)
         assert row["dice"] == pytest.approx(expected, abs=1e-6)
     md = (out / "report.md").read_text()
-    assert "| a |" in md and "**mean**" in md and "Dice per click" in md
+    assert "| a |" in md and "**mean**" in md and "Dice per click" in md and "DSC_AUC" in md
+    assert "area-weighted" in md and "larger of the two directed 95th percentiles" in md
     assert report["cases"][0]["case"] == "a"
     # the jitter is reproducible per case
     again = evaluate_cases(ThresholdModel(), cases[:1], parse_protocol("one-box"), tmp_path / "o2",
@@ -268,7 +347,7 @@ def test_cli_evaluate_litemedsam_report_matches_prediction(tmp_path: Path, capsy
     assert rc == 0, printed
     data = json.loads((out / "report.json").read_text())
     (row,) = data["cases"]
-    assert list(row) == [*CASE_KEYS, "dice_per_click"] and len(row["dice_per_click"]) == 2
+    assert list(row) == [*CASE_KEYS, *CLICK_KEYS] and len(row["dice_per_click"]) == 2
     expected = independent_dice(out / "prediction.nii.gz", tmp_path / "label.nii.gz", (1,))
     assert row["dice"] == pytest.approx(expected, abs=1e-6)
     assert row["dice"] > 0.6, row

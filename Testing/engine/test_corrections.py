@@ -1,0 +1,162 @@
+"""Corrections on propagated slices (points-only prompts), 3D boxes, PROMPTS.json semantics and the bounded chain
+caches, with the ThresholdModel double (bright pixels inside the box and the include discs, minus exclude discs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from doubles import ThresholdModel
+from test_chaining import blob_volume
+
+from SAMSegmentLib.prompts import PromptError, SlicePrompt, box_from_mask
+from SAMSegmentLib.propagation.chaining import ChainPropagator
+from SAMSegmentLib.request import SegmentationRequest, request_from_dict
+from SAMSegmentLib.session import SegmentationSession
+from SAMSegmentLib.windowing import Window
+
+SEED = 14
+
+
+def session_for(volume) -> SegmentationSession:
+    return SegmentationSession(ThresholdModel(), volume, window=Window(0, 1000))
+
+
+def test_exclude_only_click_on_a_propagated_slice_removes_a_leak_there_and_propagation_goes_on_from_it():
+    volume, obj = blob_volume()
+    leak = np.zeros_like(obj)
+    leak[15:21, 30:34, 40:60] = True  # a bright bar along the blob's right side: chaining follows it
+    leak &= ~obj
+    volume.array[leak] = 1000
+    session = session_for(volume)
+    seed = {SEED: SlicePrompt(box=box_from_mask(obj[SEED]))}
+    first = session.propagate("K", seed, "both")
+    before = first.outcomes[18].mask
+    assert (before & leak[18]).sum() > 10  # the propagated result leaks into the bar
+    x, y = 55, 31
+    assert before[y, x] and leak[18, y, x]
+    second = session.propagate("K", {**seed, 18: SlicePrompt(points=[[x, y]], labels=[0])}, "both")
+    corrected = second.outcomes[18]
+    assert corrected.source == "prompt" and not corrected.mask[y, x]
+    assert (corrected.mask & leak[18]).sum() < (before & leak[18]).sum()  # less leak ...
+    assert (corrected.mask >= obj[18]).all()  # ... and nothing of the object removed
+    # between the seed and the correction the seed's chain stays; beyond it, propagation starts from slice 18
+    for k in (15, 16, 17):
+        np.testing.assert_array_equal(second.outcomes[k].mask, first.outcomes[k].mask)
+        assert second.outcomes[k].seed == SEED
+    assert all(second.outcomes[k].seed == 18 for k in range(19, 30))
+    assert 19 in second.recomputed and 17 not in second.recomputed
+
+
+def test_include_only_click_adds_a_part_the_propagation_missed():
+    volume, obj = blob_volume()
+    lobe = np.zeros_like(obj)
+    lobe[16:20, 50:57, 52:59] = True  # a separate part of the object, outside the chained boxes
+    obj |= lobe
+    volume.array[lobe] = 1000
+    session = session_for(volume)
+    seed = {SEED: SlicePrompt(box=box_from_mask(obj[SEED]))}
+    first = session.propagate("K", seed, "both")
+    assert not (first.outcomes[17].mask & lobe[17]).any()
+    second = session.propagate("K", {**seed, 17: SlicePrompt(points=[[55, 53]], labels=[1])}, "both")
+    after = second.outcomes[17].mask
+    np.testing.assert_array_equal(after & lobe[17], lobe[17])  # the whole missed part, in one click
+    assert not (after & ~obj[17]).any()  # and nothing else
+    np.testing.assert_array_equal(after & ~lobe[17], first.outcomes[17].mask)  # the rest keeps the context
+    assert (second.outcomes[18].mask & lobe[18]).any()  # propagated outward from the corrected slice
+    np.testing.assert_array_equal(second.outcomes[16].mask, first.outcomes[16].mask)
+
+
+def test_correction_of_an_existing_mask_and_later_clicks_never_change_what_earlier_ones_did():
+    volume, obj = blob_volume()
+    session = session_for(volume)
+    existing = obj[SEED].copy()
+    existing[:, 36:] = False  # an imported contour that misses the right part
+    one = session.preview("K", SEED, SlicePrompt(points=[[40, 32]], labels=[1], mask=existing))
+    assert one.mask[32, 40] and (one.mask >= existing).all() and not (one.mask & ~obj[SEED]).any()
+    two = session.preview("K", SEED, SlicePrompt(points=[[40, 32], [20, 32]], labels=[1, 0], mask=existing))
+    assert not two.mask[32, 20]
+    np.testing.assert_array_equal(two.mask | (one.mask & ~two.mask), one.mask)  # only removals after click 1
+
+
+def test_points_only_corrections_need_something_to_correct():
+    volume, obj = blob_volume()
+    session = session_for(volume)
+    with pytest.raises(PromptError, match="only exclude points and nothing to correct"):
+        session.propagate("K", {SEED: SlicePrompt(points=[[30, 32]], labels=[0])}, "both")
+    with pytest.raises(PromptError, match="nothing to correct"):
+        session.preview("K", SEED, SlicePrompt(points=[[30, 32]], labels=[0]))
+    # outside the propagation (propagate none) an exclude-only slice is refused by the request check
+    request = SegmentationRequest("K", {SEED: SlicePrompt(box=box_from_mask(obj[SEED])),
+                                        18: SlicePrompt(points=[[30, 32]], labels=[0])}, "none")
+    with pytest.raises(PromptError, match="propagation is off"):
+        request.validate(volume)
+    request.propagate = "both"
+    request.validate(volume)  # a correction there is fine
+    # an exclude click where the propagation left nothing is ignored, not an error
+    result = session.propagate("K", {SEED: SlicePrompt(box=box_from_mask(obj[SEED])),
+                                     25: SlicePrompt(points=[[30, 32]], labels=[0])}, "both")
+    assert not result.outcomes[25].mask.any()
+
+
+def test_include_click_where_propagation_ended_segments_around_it_with_the_last_box_size():
+    volume, obj = blob_volume()
+    extra = np.zeros_like(obj)
+    extra[21:23] = obj[20]  # the object goes on two more slices, but dimmer: the chain stops at 21
+    volume.array[extra] = 700
+    obj |= extra
+    session = SegmentationSession(ThresholdModel(), volume, window=Window(0, 1000))
+    seed = {SEED: SlicePrompt(box=box_from_mask(obj[SEED]))}
+    first = session.propagate("K", seed, "both")
+    assert not first.outcomes[21].mask.any()
+    cy, cx = np.argwhere(obj[21]).mean(axis=0).round().astype(int)
+    second = session.propagate("K", {**seed, 21: SlicePrompt(points=[[cx, cy]], labels=[1])}, "both")
+    got = second.outcomes[21].mask
+    assert got[cy, cx] and (got & obj[21]).sum() > 0.8 * obj[21].sum() and not (got & ~obj[21]).any()
+
+
+def test_box3d_from_prompts_json_bounds_propagation():
+    volume, obj = blob_volume()
+    request = request_from_dict({"axis": "K", "propagate": "both", "prompts": [
+        {"slice": SEED, "box3d": [*map(int, box_from_mask(obj[SEED])), 11, 17]}]})
+    request.validate(volume)
+    prompt = request.prompts[SEED]
+    assert prompt.extent == (11, 17) and prompt.box is not None
+    mask = session_for(volume).segment(request)
+    assert mask[11:18].any(axis=(1, 2)).all()
+    assert not mask[:11].any() and not mask[18:].any()  # the object goes on, the 3D box says where it ends
+    with pytest.raises(PromptError, match="box3d"):
+        request_from_dict({"prompts": [{"slice": 3, "box3d": [1, 2, 3, 4]}]})
+    bad = request_from_dict({"prompts": [{"slice": 3, "box3d": [1, 2, 3, 4, 5, 9]}]})
+    with pytest.raises(PromptError, match="do not include its own slice"):
+        bad.validate(volume)
+
+
+def test_prompts_json_points_only_slice_is_a_correction():
+    volume, obj = blob_volume()
+    request = request_from_dict({"axis": "K", "propagate": "both", "prompts": [
+        {"slice": SEED, "box": [*map(int, box_from_mask(obj[SEED]))]},
+        {"slice": 18, "points": [[20, 32, 0]]}]})
+    request.validate(volume)
+    assert request.prompts[18].points_only
+    mask = session_for(volume).segment(request)
+    assert not mask[18, 32, 20] and mask[17, 32, 20] == obj[17, 32, 20]
+
+
+def test_chain_caches_stay_within_their_byte_budget():
+    volume, obj = blob_volume()
+    session = session_for(volume)
+    propagator = session._chain
+    one_run = None
+    for seed in range(9, 20):
+        session.propagate("K", {seed: SlicePrompt(box=box_from_mask(obj[seed]))}, "both")
+        if one_run is None:
+            one_run = propagator.nbytes
+    assert propagator.nbytes > 5 * one_run  # without a budget everything is kept
+    small = ChainPropagator(session.predictor, cache_bytes=3 * one_run)
+    for seed in range(9, 20):
+        small.run("K", {seed: SlicePrompt(box=box_from_mask(obj[seed]))}, "both")
+        assert small.nbytes <= 3 * one_run
+    last = small.run("K", {19: SlicePrompt(box=box_from_mask(obj[19]))}, "both")
+    assert last.recomputed == []  # the latest chains are kept ...
+    first = small.run("K", {9: SlicePrompt(box=box_from_mask(obj[9]))}, "both")
+    assert first.recomputed  # ... the oldest were evicted
