@@ -1,0 +1,184 @@
+"""The torch graphs an exported runtime runs: fixed-signature modules around the model families' own parts.
+
+Each graph takes and returns plain float32 tensors (no Python-side branching on the inputs), so that a tracing
+exporter captures it whole. The numerics are those of the wrapped modules; where a graph replaces a branch of the
+original code by arithmetic (a mask flag, label comparisons), the arithmetic is exact for the values it sees.
+
+- ``image_encoder``: the family's image encoder on its fixed input frame.
+- ``prompt_decoder`` (SAM and LiteMedSAM): segment_anything's prompt encoder for points and boxes, and its mask
+  decoder, for any number of prompt points. Points and box corners are packed by :func:`pack_sam_points`.
+- ``sam2_image_encoder``: ``SAM2Base.forward_image`` (Hiera trunk, FPN neck, the decoder's two high-resolution
+  projections), returning the FPN levels then their position encodings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+NOT_A_POINT = -1.0  # segment_anything's label of the padding point
+BOX_CORNER_LABELS = (2.0, 3.0)  # its labels of a box's top-left and bottom-right corners
+
+
+@dataclass
+class GraphSpec:
+    """What to export: ``module`` with ``example_inputs``; ``inputs`` names each input with its shape (-1 where the
+    size varies between calls); ``outputs`` names the outputs in order."""
+
+    module: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    inputs: list[tuple[str, list[int]]]
+    outputs: list[str]
+    shape_key: dict = field(default_factory=dict)  # what else the export depends on (image size, ...)
+
+
+def pack_sam_points(
+    points_xy: np.ndarray | None, labels: np.ndarray | None, box_xyxy: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt points as segment_anything's prompt encoder orders them: clicks, then the box's two corners, or a
+    padding point (label -1) when there is no box. Model-input pixel (x, y); returns float32 [1, N, 2] and [1, N]."""
+    coords: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    if points_xy is not None and len(points_xy):
+        coords.append(np.asarray(points_xy, dtype=np.float32).reshape(-1, 2))
+        labs.append(np.asarray(labels, dtype=np.float32).reshape(-1))
+    if box_xyxy is not None:
+        coords.append(np.asarray(box_xyxy, dtype=np.float32).reshape(2, 2))
+        labs.append(np.array(BOX_CORNER_LABELS, dtype=np.float32))
+    elif coords:
+        coords.append(np.zeros((1, 2), dtype=np.float32))
+        labs.append(np.array([NOT_A_POINT], dtype=np.float32))
+    if not coords:
+        raise ValueError("a prompt needs points or a box")
+    return np.concatenate(coords)[None], np.concatenate(labs)[None]
+
+
+class SamPromptDecoder(torch.nn.Module):
+    """segment_anything ``PromptEncoder`` (points, box corners) + ``MaskDecoder.predict_masks``.
+
+    Inputs: ``image_embed`` and ``dense_embed`` [1, 256, 64, 64] (the mask embedding, or ``no_mask_embed``
+    broadcast), ``point_coords`` [1, N, 2] model-input pixel (x, y) and ``point_labels`` [1, N] (-1 padding,
+    0 exclude, 1 include, 2 / 3 box corners). Outputs all candidates: ``masks`` [1, 4, 256, 256], ``iou`` [1, 4];
+    candidate 0 is the single-mask output, 1..3 the multimask ones (``MaskDecoder.forward``'s slices).
+    """
+
+    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        h, w = prompt_encoder.input_image_size
+        self.register_buffer("coord_scale", torch.tensor([1.0 / w, 1.0 / h], dtype=torch.float32), persistent=False)
+        with torch.no_grad():
+            self.register_buffer("image_pe", prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
+
+    def forward(self, image_embed, dense_embed, point_coords, point_labels):
+        pe = self.prompt_encoder
+        # PromptEncoder._embed_points / _embed_boxes: +0.5 pixel shift, normalise by the input size, Fourier features
+        coords = (point_coords + 0.5) * self.coord_scale
+        sparse = pe.pe_layer._pe_encoding(coords)
+        labels = point_labels[..., None]
+        is_pad = (labels == NOT_A_POINT).to(sparse.dtype)
+        sparse = sparse * (1.0 - is_pad) + pe.not_a_point_embed.weight * is_pad
+        for i in range(pe.num_point_embeddings):
+            sparse = sparse + pe.point_embeddings[i].weight * (labels == float(i)).to(sparse.dtype)
+        return self.mask_decoder.predict_masks(
+            image_embeddings=image_embed,
+            image_pe=self.image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense_embed,
+        )
+
+
+def sam_prompt_decoder_spec(prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> GraphSpec:
+    """The prompt decoder graph of a SAM-family model (LiteMedSAM, SAM, MedSAM)."""
+    c = int(prompt_encoder.embed_dim)
+    eh, ew = (int(v) for v in prompt_encoder.image_embedding_size)
+    ih, iw = (int(v) for v in prompt_encoder.input_image_size)
+    gen = torch.Generator().manual_seed(0)
+    example = (
+        torch.randn(1, c, eh, ew, generator=gen),
+        prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).expand(1, -1, eh, ew).contiguous(),
+        torch.tensor([[[0.4 * iw, 0.5 * ih], [0.2 * iw, 0.2 * ih], [0.8 * iw, 0.7 * ih]]], dtype=torch.float32),
+        torch.tensor([[1.0, 2.0, 3.0]]),
+    )
+    return GraphSpec(
+        SamPromptDecoder(prompt_encoder, mask_decoder).eval(),
+        example,
+        [("image_embed", [1, c, eh, ew]), ("dense_embed", [1, c, eh, ew]), ("point_coords", [1, -1, 2]),
+         ("point_labels", [1, -1])],
+        ["masks", "iou"],
+        {"embedding": [c, eh, ew], "input": [ih, iw]},
+    )
+
+
+def image_encoder_spec(encoder: torch.nn.Module, size: int, channels: int = 3) -> GraphSpec:
+    """An image encoder on a fixed [1, channels, size, size] input."""
+    x = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+    return GraphSpec(encoder.eval(), (x,), [("image", [1, channels, size, size])], ["features"], {"input": size})
+
+
+class Sam2ImageEncoder(torch.nn.Module):
+    """``SAM2Base.forward_image``: returns the FPN levels (high resolution first) and then their position codes."""
+
+    def __init__(self, sam2_model: torch.nn.Module) -> None:
+        super().__init__()
+        self.sam2_model = sam2_model
+
+    def forward(self, image):
+        out = self.sam2_model.forward_image(image)
+        return (*out["backbone_fpn"], *out["vision_pos_enc"])
+
+
+def sam2_image_encoder_spec(sam2_model: torch.nn.Module) -> GraphSpec:
+    size = int(sam2_model.image_size)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        n = len(sam2_model.forward_image(x)["backbone_fpn"])
+    outputs = [f"fpn{i}" for i in range(n)] + [f"pos{i}" for i in range(n)]
+    return GraphSpec(Sam2ImageEncoder(sam2_model).eval(), (x,), [("image", [1, 3, size, size])], outputs,
+                     {"input": size})
+
+
+def sam2_backbone_out(outputs: list[torch.Tensor]) -> dict[str, list[torch.Tensor] | torch.Tensor]:
+    """The ``backbone_out`` dict of ``forward_image`` from the graph's outputs."""
+    n = len(outputs) // 2
+    fpn, pos = list(outputs[:n]), list(outputs[n:])
+    return {"vision_features": fpn[-1], "vision_pos_enc": pos, "backbone_fpn": fpn}
+
+
+def _no_mask_dense(prompt_encoder: torch.nn.Module) -> np.ndarray:
+    """``no_mask_embed`` broadcast to [1, C, h, w] float32 (cached on the module: it is a constant)."""
+    cached = getattr(prompt_encoder, "_exported_no_mask_dense", None)
+    if cached is None:
+        eh, ew = (int(v) for v in prompt_encoder.image_embedding_size)
+        w = prompt_encoder.no_mask_embed.weight.detach().float().cpu().numpy().reshape(1, -1, 1, 1)
+        cached = np.ascontiguousarray(np.broadcast_to(w, (1, w.shape[1], eh, ew)))
+        prompt_encoder._exported_no_mask_dense = cached
+    return cached
+
+
+def run_sam_prompt_decoder(
+    runner,
+    prompt_encoder: torch.nn.Module,
+    image_embed: torch.Tensor,
+    points_xy: np.ndarray | None,
+    labels: np.ndarray | None,
+    box_xyxy: np.ndarray | None,
+    mask_input: torch.Tensor | np.ndarray | None,
+    multimask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode with an exported :class:`SamPromptDecoder`: model-input pixel prompts in, the selected candidates out
+    (low-res logits [C, 256, 256], iou [C]; C = 3 with ``multimask``, else 1), as ``MaskDecoder.forward`` selects."""
+    coords, labs = pack_sam_points(points_xy, labels, box_xyxy)
+    if mask_input is None:
+        dense = _no_mask_dense(prompt_encoder)
+    else:
+        s = 4 * int(prompt_encoder.image_embedding_size[0])
+        m = torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, s, s)
+        with torch.inference_mode():
+            dense = prompt_encoder._embed_masks(m.to(prompt_encoder.no_mask_embed.weight.device)).float()
+    masks, iou = runner(image_embed, dense, coords, labs)
+    sel = slice(1, None) if multimask else slice(0, 1)
+    return masks[0, sel], iou[0, sel]
