@@ -6,7 +6,10 @@ one process. LiteMedSAM uses its real weights on the lung2 case of ../shared/dat
 labelled slice): Dice against the reference and mask agreement (Dice) with torch fp32 are printed too. SAM and SAM 2
 models use random weights (seeded, so their exports are cached between runs): timing only.
 
-Usage: python benchmarks/bench_engine.py [--models litemedsam,sam2.1_hiera_tiny,medsam2] [--slices 6]
+With ``--dice``, it also prints the Dice of LiteMedSAM per backend on every shared case (Testing/engine/cases.py)
+for the box-per-slice and one-box (propagated both ways) protocols, and the change against torch fp32.
+
+Usage: python benchmarks/bench_engine.py [--models litemedsam,sam2.1_hiera_tiny,medsam2] [--slices 6] [--dice]
 Timings are wall-clock on this machine, warm (one untimed encode and decode first).
 """
 
@@ -74,6 +77,47 @@ def run(model_name: str, backend: str, precision: str, volume, ref, slices, n_pr
     return row
 
 
+def dice_table(configs) -> None:
+    """LiteMedSAM Dice per backend, case and protocol (one session per case and backend: embeddings are shared by
+    the two protocols), with the change against torch fp32."""
+    sys.path.insert(0, str(ROOT / "Testing" / "engine"))
+    from cases import CASES, box_per_slice_prompts, one_box_prompts
+
+    from SAMSegmentLib.request import request_from_dict
+    from SAMSegmentLib.session import SegmentationSession
+
+    results: dict = {}
+    seconds: dict = {}
+    for config in configs:
+        model = load_model("litemedsam", device="cpu", backend=config[0], precision=config[1])
+        start = time.perf_counter()
+        for name, (folder, image, label, value, axis) in CASES.items():
+            volume = read_volume(ROOT.parent / "shared" / "data" / folder / image)
+            lab, _ = read_labelmap(ROOT.parent / "shared" / "data" / folder / label)
+            ref = np.rint(lab).astype(np.int64) == value
+            session = SegmentationSession(model, volume)
+            for protocol, build in (("box-per-slice", box_per_slice_prompts), ("one-box", one_box_prompts)):
+                request = request_from_dict(build(ref, axis))
+                results[(config, name, protocol)] = dice(session.segment(request), ref)
+        seconds[config] = time.perf_counter() - start
+    print("\nLiteMedSAM Dice per backend on the shared cases (change against torch fp32 in brackets)")
+    header = ["case", "protocol"] + [f"{b} {p}" for b, p in configs]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    worst = {c: 0.0 for c in configs}
+    for name in CASES:
+        for protocol in ("box-per-slice", "one-box"):
+            base = results[(BASELINE, name, protocol)]
+            cells = []
+            for c in configs:
+                d = results[(c, name, protocol)]
+                worst[c] = max(worst[c], abs(d - base))
+                cells.append(f"{d:.4f}" if c == BASELINE else f"{d:.4f} ({d - base:+.4f})")
+            print(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
+    print("| largest abs change | | " + " | ".join(f"{worst[c]:.4f}" for c in configs) + " |")
+    print("| seconds, all cases | | " + " | ".join(f"{seconds[c]:.0f}" for c in configs) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="litemedsam,sam2.1_hiera_tiny,medsam2",
@@ -81,6 +125,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=6, help="labelled slices of lung2 to encode per model")
     parser.add_argument("--prompts", type=int, default=10, help="prompts decoded per slice for the latency figures")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dice", action="store_true", help="also the Dice table on every shared case (minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     configs = [c for c in CONFIGS if c[0] == "torch" or openvino_available()]
@@ -112,6 +157,8 @@ def main() -> None:
               f"{r['p50_x_fp32']:.2f} | {r['p50_x_old']:.2f} | {r['dice']:.4f} | {r['agree']:.4f} |")
     print("Dice columns are meaningful only for real weights (litemedsam); random models give timing only. "
           "'load s' of the first OpenVINO row of a model includes its one-time export unless it was cached.")
+    if args.dice:
+        dice_table(configs)
 
 
 if __name__ == "__main__":

@@ -120,15 +120,18 @@ def image_encoder_spec(encoder: torch.nn.Module, size: int, channels: int = 3) -
 
 
 class Sam2ImageEncoder(torch.nn.Module):
-    """``SAM2Base.forward_image``: returns the FPN levels (high resolution first) and then their position codes."""
+    """``SAM2Base.forward_image`` without the position encodings: returns the FPN levels, high resolution first.
+
+    The position encodings (``vision_pos_enc``) depend only on the levels' sizes, so they are not exported (at
+    1024 px they are ~85 MB per frame): :func:`sam2_backbone_out` computes them once with the model's own module.
+    """
 
     def __init__(self, sam2_model: torch.nn.Module) -> None:
         super().__init__()
         self.sam2_model = sam2_model
 
     def forward(self, image):
-        out = self.sam2_model.forward_image(image)
-        return (*out["backbone_fpn"], *out["vision_pos_enc"])
+        return tuple(self.sam2_model.forward_image(image)["backbone_fpn"])
 
 
 def sam2_image_encoder_spec(sam2_model: torch.nn.Module) -> GraphSpec:
@@ -136,17 +139,26 @@ def sam2_image_encoder_spec(sam2_model: torch.nn.Module) -> GraphSpec:
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         n = len(sam2_model.forward_image(x)["backbone_fpn"])
-    outputs = [f"fpn{i}" for i in range(n)] + [f"pos{i}" for i in range(n)]
-    return GraphSpec(Sam2ImageEncoder(sam2_model).eval(), (x,), [("image", [1, 3, size, size])], outputs,
-                     {"input": size})
+    return GraphSpec(Sam2ImageEncoder(sam2_model).eval(), (x,), [("image", [1, 3, size, size])],
+                     [f"fpn{i}" for i in range(n)], {"input": size})
 
 
-def sam2_backbone_out(outputs: list[torch.Tensor]) -> dict[str, list[torch.Tensor] | torch.Tensor]:
-    """The ``backbone_out`` dict of ``forward_image`` from the graph's outputs."""
-    n = len(outputs) // 2
-    fpn, pos = list(outputs[:n]), list(outputs[n:])
-    return {"vision_features": fpn[-1], "vision_pos_enc": pos, "backbone_fpn": fpn}
+def sam2_backbone_out(sam2_model: torch.nn.Module, fpn: list[torch.Tensor]) -> dict:
+    """The ``backbone_out`` dict of ``forward_image`` from the graph's FPN levels.
 
+    Position encodings come from the neck's own ``position_encoding`` module (as ``FpnNeck.forward`` computes
+    them: from each level's shape only), cached per shape on the model.
+    """
+    cache = sam2_model.__dict__.setdefault("_exported_pos_enc", {})
+    position_encoding = sam2_model.image_encoder.neck.position_encoding
+    pos = []
+    for f in fpn:
+        key = (tuple(f.shape[-2:]), f.device, f.dtype)
+        if key not in cache:
+            with torch.inference_mode():
+                cache[key] = position_encoding(torch.zeros(1, 1, *f.shape[-2:], device=f.device)).to(f.dtype)
+        pos.append(cache[key])
+    return {"vision_features": fpn[-1], "vision_pos_enc": pos, "backbone_fpn": list(fpn)}
 
 def _no_mask_dense(prompt_encoder: torch.nn.Module) -> np.ndarray:
     """``no_mask_embed`` broadcast to [1, C, h, w] float32 (cached on the module: it is a constant)."""

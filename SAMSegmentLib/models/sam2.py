@@ -182,7 +182,7 @@ class SAM2(SliceModel):
             return self.sam2_model.forward_image(x)
         from ..backends.graphs import sam2_backbone_out
 
-        return sam2_backbone_out([t.to(self.device) for t in runner(x)])
+        return sam2_backbone_out(self.sam2_model, [t.to(self.device) for t in runner(x)])
 
     def export_graphs(self) -> dict:
         from ..backends.graphs import sam2_image_encoder_spec

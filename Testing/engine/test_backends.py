@@ -269,3 +269,31 @@ def test_openvino_matches_torch_sam(tmp_path):
     assert set(ov_model.runners) == {"image_encoder", "prompt_decoder"}
     rgb = np.repeat(_phantom()[:, :, None], 3, axis=2)
     _compare_decoders(ref, ov_model, rgb, atol_embed=1e-3, atol_logits=2e-3)
+
+
+@pytest.mark.slow
+def test_default_cpu_backend_keeps_fp32_dice_on_lung2():
+    """The default CPU backend and precision (OpenVINO bf16 where the CPU has it) against torch fp32 on a real case:
+    box on every labelled slice, and one box propagated both ways (benchmarks/bench_engine.py --dice: all cases)."""
+    pytest.importorskip("openvino")
+    from cases import CASES, box_per_slice_prompts, dice, one_box_prompts
+    from conftest import shared_case
+
+    from SAMSegmentLib.io import read_labelmap, read_volume
+    from SAMSegmentLib.models import load_model
+    from SAMSegmentLib.request import request_from_dict
+    from SAMSegmentLib.session import SegmentationSession
+
+    folder, image, label, value, axis = CASES["lung2"]
+    volume = read_volume(shared_case(folder, image))
+    lab, _ = read_labelmap(shared_case(folder, label))
+    ref = np.rint(lab).astype(np.int64) == value
+    scores = {}
+    for backend, precision in (("torch", "fp32"), ("auto", "auto")):
+        model = load_model("litemedsam", device="cpu", backend=backend, precision=precision)
+        session = SegmentationSession(model, volume)
+        for protocol, build in (("box-per-slice", box_per_slice_prompts), ("one-box", one_box_prompts)):
+            scores[(backend, protocol)] = dice(session.segment(request_from_dict(build(ref, axis))), ref)
+    print(scores)
+    for protocol in ("box-per-slice", "one-box"):
+        assert abs(scores[("auto", protocol)] - scores[("torch", protocol)]) <= 0.005, (protocol, scores)
