@@ -25,7 +25,7 @@ from .graphs import GraphSpec
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = 1  # bump when a graph in graphs.py changes meaning: old exports are then rebuilt
+GRAPH_VERSION = 2  # bump when a graph in graphs.py changes meaning: old exports are then rebuilt
 CHECK_RTOL = 1e-3
 XML = "model.xml"
 
@@ -82,6 +82,7 @@ class OpenVINOGraph:
         self.path = path
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
+        self.last_result = None  # free for the caller: e.g. the result for the last input it reuses
 
     def __call__(self, *inputs) -> list[torch.Tensor]:
         arrays = [

@@ -76,11 +76,11 @@ class LiteMedSAM(SliceModel):
         return Embedding({"image_embed": features.float()}, (h, w), {"resized_hw": (rh, rw), "low_res_hw": (rh, rw)})
 
     def export_graphs(self) -> dict:
-        from ..backends.graphs import image_encoder_spec, sam_prompt_decoder_spec
+        from ..backends.graphs import image_encoder_spec, sam_prompt_decoder_specs
 
         return {
             "image_encoder": image_encoder_spec(self.net.image_encoder, INPUT_SIZE),
-            "prompt_decoder": sam_prompt_decoder_spec(self.net.prompt_encoder, self.net.mask_decoder),
+            **sam_prompt_decoder_specs(self.net.prompt_encoder, self.net.mask_decoder),
         }
 
     def torch_module(self) -> torch.nn.Module:
@@ -94,7 +94,7 @@ class LiteMedSAM(SliceModel):
 
             pts = self._transform_xy(points, embedding) if points is not None and len(points) else None
             b = self._transform_xy(np.asarray(box, dtype=np.float32).reshape(2, 2), embedding) if box is not None else None
-            low_res, iou = run_sam_prompt_decoder(self.runners["prompt_decoder"], pe, embedding.tensors["image_embed"],
+            low_res, iou = run_sam_prompt_decoder(self.runners, pe, embedding.tensors["image_embed"],
                                                   pts, labels, b, mask_input, multimask)
             return Decoded(low_res, iou)
         point_arg = None

@@ -197,16 +197,16 @@ class SAM(SliceModel):
                 raise ValueError("every point needs a label (1 include, 0 exclude)")
             pts = self._transform_xy(np.asarray(points).reshape(-1, 2), embedding)
         b = self._transform_xy(np.asarray(box).reshape(2, 2), embedding) if box is not None else None
-        low_res, iou = run_sam_prompt_decoder(self.runners["prompt_decoder"], self.sam.prompt_encoder,
+        low_res, iou = run_sam_prompt_decoder(self.runners, self.sam.prompt_encoder,
                                               embedding.tensors["image_embed"], pts, labels, b, mask_input, multimask)
         return Decoded(low_res.to(self.device), iou.to(self.device))
 
     def export_graphs(self) -> dict:
-        from ..backends.graphs import image_encoder_spec, sam_prompt_decoder_spec
+        from ..backends.graphs import image_encoder_spec, sam_prompt_decoder_specs
 
         return {
             "image_encoder": image_encoder_spec(self.sam.image_encoder, self.image_size),
-            "prompt_decoder": sam_prompt_decoder_spec(self.sam.prompt_encoder, self.sam.mask_decoder),
+            **sam_prompt_decoder_specs(self.sam.prompt_encoder, self.sam.mask_decoder),
         }
 
     def torch_module(self) -> torch.nn.Module:
