@@ -104,4 +104,11 @@ def load_model(
             weights_sha256 = sha256_file(weights)  # the export is keyed by the file actually loaded
     model = module.load(spec, weights, str(dev), random_init=random_init)
     model.name = name
-    return apply_backend(model, chosen_backend, chosen_precision, weights_sha256)
+    try:
+        return apply_backend(model, chosen_backend, chosen_precision, weights_sha256)
+    except Exception as exc:
+        if (backend or "auto") != "auto" or chosen_backend == "torch":
+            raise
+        # auto: a model whose graphs do not export (or a cache that cannot be written) still runs, on torch
+        log.warning("%s cannot run on OpenVINO here (%s); using torch", name, exc)
+        return apply_backend(model, "torch", resolve_precision(precision, "torch", dev))

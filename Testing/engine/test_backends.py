@@ -297,3 +297,22 @@ def test_default_cpu_backend_keeps_fp32_dice_on_lung2():
     print(scores)
     for protocol in ("box-per-slice", "one-box"):
         assert abs(scores[("auto", protocol)] - scores[("torch", protocol)]) <= 0.005, (protocol, scores)
+
+
+def test_auto_falls_back_to_torch_when_an_export_fails(monkeypatch, caplog):
+    """backend auto: a failed export (unwritable cache, a graph that does not convert) leaves a working torch model;
+    backend openvino asked for explicitly: the error is raised."""
+    pytest.importorskip("openvino")
+    from SAMSegmentLib.backends import ov_runtime
+    from SAMSegmentLib.backends.export_cache import ExportError
+    from SAMSegmentLib.models import load_model
+
+    def fail(*args, **kwargs):
+        raise ExportError("cannot write the model export cache in /nowhere; set SAMSEGMENT_WEIGHTS_DIR")
+
+    monkeypatch.setattr(ov_runtime, "export_graph", fail)
+    model = load_model("litemedsam", device="cpu")
+    assert (model.backend, model.precision, model.runners) == ("torch", "bf16", {})
+    assert "using torch" in caplog.text
+    with pytest.raises(ExportError, match="SAMSEGMENT_WEIGHTS_DIR"):
+        load_model("litemedsam", device="cpu", backend="openvino")
