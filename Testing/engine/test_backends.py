@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cases import CASES, box_per_slice_prompts, dice, one_box_prompts
+from conftest import shared_case
 
 from SAMSegmentLib.backends import (
     BackendUnavailableError,
@@ -151,15 +153,16 @@ def test_resolution_with_openvino():
     assert resolve_precision("fp32", "openvino", CPU) == "fp32"
 
 
-def test_torch_backend_without_openvino(monkeypatch):
+def test_torch_backend_without_openvino(monkeypatch, tmp_path):
     """Without the package, auto loads plain torch (bf16 autocast on the CPU, as before) and exports nothing."""
     from SAMSegmentLib.models import load_model
 
     _hide_openvino(monkeypatch)
+    monkeypatch.setenv("SAMSEGMENT_WEIGHTS_DIR", str(tmp_path))
     model = load_model("litemedsam", device="cpu")
     assert (model.backend, model.precision, model.runners) == ("torch", "bf16", {})
     assert model.autocast_dtype == torch.bfloat16
-    assert not exports_dir().exists() or not any(exports_dir().glob("litemedsam-*"))
+    assert exports_dir() == tmp_path / "openvino" and not exports_dir().exists()
     emb = model.encode(np.full((64, 80), 100, dtype=np.uint8))
     assert emb.tensors["image_embed"].shape == (1, 256, 64, 64)
 
@@ -276,9 +279,6 @@ def test_default_cpu_backend_keeps_fp32_dice_on_lung2():
     """The default CPU backend and precision (OpenVINO bf16 where the CPU has it) against torch fp32 on a real case:
     box on every labelled slice, and one box propagated both ways (benchmarks/bench_engine.py --dice: all cases)."""
     pytest.importorskip("openvino")
-    from cases import CASES, box_per_slice_prompts, dice, one_box_prompts
-    from conftest import shared_case
-
     from SAMSegmentLib.io import read_labelmap, read_volume
     from SAMSegmentLib.models import load_model
     from SAMSegmentLib.request import request_from_dict
