@@ -131,7 +131,8 @@ def test_resolution_without_openvino(monkeypatch):
     assert resolve_backend("torch", CPU) == "torch"
     with pytest.raises(BackendUnavailableError, match="pip install openvino"):
         resolve_backend("openvino", CPU)
-    assert resolve_precision("auto", "torch", CPU) == "bf16"
+    assert resolve_precision("auto", "torch", CPU) == "fp32"
+    assert resolve_precision("bf16", "torch", CPU) == "bf16"
     assert resolve_precision("auto", "torch", torch.device("cuda")) == "fp32"
     assert resolve_precision("fp32", "torch", CPU) == "fp32"
     with pytest.raises(BackendUnavailableError, match="unknown precision"):
@@ -149,19 +150,21 @@ def test_resolution_with_openvino():
     assert resolve_backend("auto", torch.device("mps")) == "torch"
     with pytest.raises(BackendUnavailableError, match="CPU only"):
         resolve_backend("openvino", torch.device("cuda"))
-    assert resolve_precision("auto", "openvino", CPU) == ("bf16" if native_bf16() else "fp32")
+    assert resolve_precision("auto", "openvino", CPU) == "fp32"
+    assert resolve_precision("bf16", "openvino", CPU) == ("bf16" if native_bf16() else "fp32")
     assert resolve_precision("fp32", "openvino", CPU) == "fp32"
 
 
 def test_torch_backend_without_openvino(monkeypatch, tmp_path):
-    """Without the package, auto loads plain torch (bf16 autocast on the CPU, as before) and exports nothing."""
+    """Without the package, auto loads plain torch and exports nothing; bf16 still means autocast there."""
     from SAMSegmentLib.models import load_model
 
     _hide_openvino(monkeypatch)
     monkeypatch.setenv("SAMSEGMENT_WEIGHTS_DIR", str(tmp_path))
     model = load_model("litemedsam", device="cpu")
-    assert (model.backend, model.precision, model.runners) == ("torch", "bf16", {})
-    assert model.autocast_dtype == torch.bfloat16
+    assert (model.backend, model.precision, model.runners, model.autocast_dtype) == ("torch", "fp32", {}, None)
+    model = load_model("litemedsam", device="cpu", precision="bf16")
+    assert (model.backend, model.precision, model.autocast_dtype) == ("torch", "bf16", torch.bfloat16)
     assert exports_dir() == tmp_path / "openvino" and not exports_dir().exists()
     emb = model.encode(np.full((64, 80), 100, dtype=np.uint8))
     assert emb.tensors["image_embed"].shape == (1, 256, 64, 64)
@@ -276,7 +279,7 @@ def test_openvino_matches_torch_sam(tmp_path):
 
 @pytest.mark.slow
 def test_default_cpu_backend_keeps_fp32_dice_on_lung2():
-    """The default CPU backend and precision (OpenVINO bf16 where the CPU has it) against torch fp32 on a real case:
+    """The default CPU backend and precision (OpenVINO fp32) and OpenVINO bf16 against torch fp32 on a real case:
     box on every labelled slice, and one box propagated both ways (benchmarks/bench_engine.py --dice: all cases)."""
     pytest.importorskip("openvino")
     from SAMSegmentLib.io import read_labelmap, read_volume
@@ -289,14 +292,15 @@ def test_default_cpu_backend_keeps_fp32_dice_on_lung2():
     lab, _ = read_labelmap(shared_case(folder, label))
     ref = np.rint(lab).astype(np.int64) == value
     scores = {}
-    for backend, precision in (("torch", "fp32"), ("auto", "auto")):
+    for backend, precision in (("torch", "fp32"), ("auto", "auto"), ("openvino", "bf16")):
         model = load_model("litemedsam", device="cpu", backend=backend, precision=precision)
         session = SegmentationSession(model, volume)
         for protocol, build in (("box-per-slice", box_per_slice_prompts), ("one-box", one_box_prompts)):
             scores[(backend, protocol)] = dice(session.segment(request_from_dict(build(ref, axis))), ref)
     print(scores)
     for protocol in ("box-per-slice", "one-box"):
-        assert abs(scores[("auto", protocol)] - scores[("torch", protocol)]) <= 0.005, (protocol, scores)
+        for backend in ("auto", "openvino"):
+            assert abs(scores[(backend, protocol)] - scores[("torch", protocol)]) <= 0.005, (backend, protocol, scores)
 
 
 def test_auto_falls_back_to_torch_when_an_export_fails(monkeypatch, caplog):
@@ -312,7 +316,7 @@ def test_auto_falls_back_to_torch_when_an_export_fails(monkeypatch, caplog):
 
     monkeypatch.setattr(ov_runtime, "export_graph", fail)
     model = load_model("litemedsam", device="cpu")
-    assert (model.backend, model.precision, model.runners) == ("torch", "bf16", {})
+    assert (model.backend, model.precision, model.runners) == ("torch", "fp32", {})
     assert "using torch" in caplog.text
     with pytest.raises(ExportError, match="SAMSEGMENT_WEIGHTS_DIR"):
         load_model("litemedsam", device="cpu", backend="openvino")
