@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the shared data folder and test doubles."""
+"""Shared pytest fixtures: the shared data folder, a per-session weights cache, and test doubles."""
 
 from __future__ import annotations
 
@@ -15,7 +15,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shared_data import SHARED_DATA, shared_case  # noqa: E402,F401 - re-exported for the tests
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _weights_cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Weights checksum records (and any download) go to a temporary folder, never the user's cache."""
-    os.environ["SAMSEGMENT_WEIGHTS_DIR"] = str(tmp_path_factory.mktemp("weights"))
+@pytest.fixture(scope="session", autouse=True)
+def session_weights_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A weights cache folder for the whole test session (checksum sidecars, OpenVINO exports).
+
+    Exports are built at most once per session (the first test that loads a model on the OpenVINO backend pays
+    the export) and never land in the user's cache or in ../shared. A cache named by the caller's
+    SAMSEGMENT_WEIGHTS_DIR is kept (CI can point it at a persistent folder).
+    """
+    if os.environ.get("SAMSEGMENT_WEIGHTS_DIR"):
+        yield Path(os.environ["SAMSEGMENT_WEIGHTS_DIR"])
+        return
+    folder = tmp_path_factory.mktemp("weights-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAMSEGMENT_WEIGHTS_DIR", str(folder))
+        yield folder

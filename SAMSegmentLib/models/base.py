@@ -70,6 +70,11 @@ class SliceModel(ABC):
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 on CPU, set by the caller
+        # Set by backends.apply_backend (models.load_model): how the model runs, and the exported graphs that
+        # replace torch parts ("image_encoder", "prompt_decoder"), each called with tensors, returning tensors.
+        self.backend = "torch"
+        self.precision = "fp32"
+        self.runners: dict[str, Any] = {}
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> Embedding:
@@ -99,6 +104,14 @@ class SliceModel(ABC):
         out = torch.full((1, self.low_res_size, self.low_res_size), -magnitude)
         out[0, :lh, :lw] = (t[0, 0] >= 0.5).float() * (2 * magnitude) - magnitude
         return out.to(self.device)
+
+    def export_graphs(self) -> dict[str, Any]:
+        """The parts an exported runtime may run instead of torch: part name -> backends.graphs.GraphSpec."""
+        return {}
+
+    def torch_module(self) -> torch.nn.Module:
+        """The whole torch network (its state dict keys exports of models built without a weights file)."""
+        raise NotImplementedError
 
     def autocast(self):
         """Context manager for the configured autocast (no-op when none)."""

@@ -71,13 +71,36 @@ class LiteMedSAM(SliceModel):
         lo, hi = t.min(), t.max()
         t = (t - lo) / torch.clamp(hi - lo, min=1e-8)
         t = F.pad(t, (0, INPUT_SIZE - rw, 0, INPUT_SIZE - rh))
-        with self.autocast():
-            features = self.net.image_encoder(t.to(self.device))
+        runner = self.runners.get("image_encoder")
+        if runner is not None:
+            features = runner(t)[0]
+        else:
+            with self.autocast():
+                features = self.net.image_encoder(t.to(self.device))
         return Embedding({"image_embed": features.float()}, (h, w), {"resized_hw": (rh, rw), "low_res_hw": (rh, rw)})
+
+    def export_graphs(self) -> dict:
+        from ..backends.graphs import image_encoder_spec, sam_prompt_decoder_specs
+
+        return {
+            "image_encoder": image_encoder_spec(self.net.image_encoder, INPUT_SIZE),
+            **sam_prompt_decoder_specs(self.net.prompt_encoder, self.net.mask_decoder),
+        }
+
+    def torch_module(self) -> torch.nn.Module:
+        return self.net
 
     @torch.inference_mode()
     def decode(self, embedding, points=None, labels=None, box=None, mask_input=None, multimask=False) -> Decoded:
         pe = self.net.prompt_encoder
+        if "prompt_decoder" in self.runners:
+            from ..backends.graphs import run_sam_prompt_decoder
+
+            pts = self._transform_xy(points, embedding) if points is not None and len(points) else None
+            b = self._transform_xy(np.asarray(box, dtype=np.float32).reshape(2, 2), embedding) if box is not None else None
+            low_res, iou = run_sam_prompt_decoder(self.runners, pe, embedding.tensors["image_embed"],
+                                                  pts, labels, b, mask_input, multimask)
+            return Decoded(low_res, iou)
         point_arg = None
         if points is not None and len(points):
             coords = torch.as_tensor(self._transform_xy(points, embedding), device=self.device)[None]

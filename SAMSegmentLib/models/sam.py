@@ -125,8 +125,12 @@ class SAM(SliceModel):
             math.ceil(input_hw[0] * self.low_res_size / self.image_size),
             math.ceil(input_hw[1] * self.low_res_size / self.image_size),
         )
-        with self.autocast():
-            features = self.sam.image_encoder(x)
+        runner = self.runners.get("image_encoder")
+        if runner is not None:
+            features = runner(x)[0].to(self.device)
+        else:
+            with self.autocast():
+                features = self.sam.image_encoder(x)
         return Embedding(
             {"image_embed": features.float()},
             (h, w),
@@ -144,6 +148,8 @@ class SAM(SliceModel):
         multimask: bool = False,
     ) -> Decoded:
         """Points (x, y) [N, 2] with labels [N] (1 include, 0 exclude), box (x0, y0, x1, y1), mask [1, 256, 256]."""
+        if "prompt_decoder" in self.runners:
+            return self._decode_exported(embedding, points, labels, box, mask_input, multimask)
         point_arg = None
         if points is not None and len(points):
             if labels is None or len(labels) != len(points):
@@ -172,6 +178,30 @@ class SAM(SliceModel):
                 multimask_output=multimask,
             )
         return Decoded(low_res[0].float(), iou[0].float())
+
+    def _decode_exported(self, embedding, points, labels, box, mask_input, multimask) -> Decoded:
+        from ..backends.graphs import run_sam_prompt_decoder
+
+        pts = None
+        if points is not None and len(points):
+            if labels is None or len(labels) != len(points):
+                raise ValueError("every point needs a label (1 include, 0 exclude)")
+            pts = self._transform_xy(np.asarray(points).reshape(-1, 2), embedding)
+        b = self._transform_xy(np.asarray(box).reshape(2, 2), embedding) if box is not None else None
+        low_res, iou = run_sam_prompt_decoder(self.runners, self.sam.prompt_encoder,
+                                              embedding.tensors["image_embed"], pts, labels, b, mask_input, multimask)
+        return Decoded(low_res.to(self.device), iou.to(self.device))
+
+    def export_graphs(self) -> dict:
+        from ..backends.graphs import image_encoder_spec, sam_prompt_decoder_specs
+
+        return {
+            "image_encoder": image_encoder_spec(self.sam.image_encoder, self.image_size),
+            **sam_prompt_decoder_specs(self.sam.prompt_encoder, self.sam.mask_decoder),
+        }
+
+    def torch_module(self) -> torch.nn.Module:
+        return self.sam
 
     @torch.inference_mode()
     def upscale(self, low_res_logits: torch.Tensor, embedding: Embedding) -> torch.Tensor:

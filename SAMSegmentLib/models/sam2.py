@@ -153,7 +153,7 @@ class SAM2(SliceModel):
         m = self.sam2_model
         x = self._preprocess(rgb)
         with self.autocast():
-            backbone_out = m.forward_image(x)
+            backbone_out = self.forward_image(x)
             _, vision_feats, _, feat_sizes = m._prepare_backbone_features(backbone_out)
             if m.directly_add_no_mem_embed:
                 vision_feats[-1] = vision_feats[-1] + m.no_mem_embed
@@ -167,6 +167,24 @@ class SAM2(SliceModel):
             (h, w),
             {"low_res_hw": (self.low_res_size, self.low_res_size), "image_size": self.image_size},
         )
+
+    def forward_image(self, x: torch.Tensor) -> dict[str, Any]:
+        """``SAM2Base.forward_image`` on a normalised batch [1, 3, S, S], through the exported graph when there is one
+        (memory propagation calls this too)."""
+        runner = self.runners.get("image_encoder")
+        if runner is None:
+            return self.sam2_model.forward_image(x)
+        from ..backends.graphs import sam2_backbone_out
+
+        return sam2_backbone_out(self.sam2_model, [t.to(self.device) for t in runner(x)])
+
+    def export_graphs(self) -> dict:
+        from ..backends.graphs import sam2_image_encoder_spec
+
+        return {"image_encoder": sam2_image_encoder_spec(self.sam2_model)}
+
+    def torch_module(self) -> torch.nn.Module:
+        return self.sam2_model
 
     @torch.inference_mode()
     def decode(

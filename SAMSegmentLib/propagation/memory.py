@@ -247,8 +247,10 @@ class _Sam2Runner:
         num_frames: int,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
+        forward_image: Callable[[torch.Tensor], dict] | None = None,
     ) -> None:
         self.model = model
+        self.forward_image = forward_image or model.forward_image
         self.frame = frame
         self.num_frames = num_frames
         self.mean = mean
@@ -269,7 +271,7 @@ class _Sam2Runner:
                 f"frame {frame_idx} is {hw[0]} x {hw[1]}, earlier frames {self.frame_hw[0]} x {self.frame_hw[1]}"
             )
         batch = prepare_frame(image, self.image_size, self.mean, self.std).to(self.device).unsqueeze(0)
-        backbone_out = self.model.forward_image(batch)
+        backbone_out = self.forward_image(batch)
         _, vision_feats, vision_pos, feat_sizes = self.model._prepare_backbone_features(backbone_out)
         return vision_feats, vision_pos, feat_sizes
 
@@ -421,6 +423,7 @@ def propagate_memory(
     should_stop: Callable[[], bool] = lambda: False,
     img_mean: tuple[float, float, float] = SAM2_IMG_MEAN,
     img_std: tuple[float, float, float] = SAM2_IMG_STD,
+    forward_image: Callable[[torch.Tensor], dict] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Propagate one object through a volume's slices with a SAM 2 family model's memory, as sam2's video predictor.
 
@@ -440,6 +443,8 @@ def propagate_memory(
             (mask = logits > 0), ``object_score`` the model's object-presence logit (> 0: object present).
         should_stop: checked before each frame; when it returns True, :class:`PropagationCancelled` is raised.
         img_mean, img_std: RGB normalisation; sam2's loader defaults.
+        forward_image: replaces ``sam2_model.forward_image`` (same input and output), e.g. the adapter's, which
+            runs an exported image encoder (backends); default the model's own.
 
     Returns:
         With ``on_frame`` None, ``{index: logits [H, W] float32 cpu}`` for every visited frame. With ``on_frame``
@@ -478,7 +483,7 @@ def propagate_memory(
             log.info("propagation cancelled after %d slices", len(reported))
             raise PropagationCancelled(f"propagation was cancelled after {len(reported)} slices")
 
-    runner = _Sam2Runner(sam2_model, frame, num_frames, img_mean, img_std)
+    runner = _Sam2Runner(sam2_model, frame, num_frames, img_mean, img_std, forward_image)
     clear_radius = 0
     if getattr(sam2_model, "clear_non_cond_mem_around_input", False):
         clear_radius = _stride(sam2_model) * sam2_model.num_maskmem

@@ -86,6 +86,7 @@ class MemoryPropagator:
             frame_range=(lo, hi),
             on_frame=on_frame,
             should_stop=should_stop,
+            forward_image=getattr(self.predictor.model, "forward_image", None),
             **self._norm,
         )
         return result

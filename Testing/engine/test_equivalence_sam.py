@@ -177,5 +177,5 @@ def test_load_model_builds_every_variant_with_random_weights() -> None:
     from SAMSegmentLib.models import load_model
 
     for name, medsam in [("sam_vit_b", False), ("medsam_vit_b", True)]:
-        model = load_model(name, device="cpu", random_init=True)
+        model = load_model(name, device="cpu", random_init=True, backend="torch")
         assert isinstance(model, SAM) and model.medsam is medsam and model.name == name

@@ -179,6 +179,6 @@ def test_medsam2_pil_preprocessing(image) -> None:
 def test_load_model_builds_with_random_weights() -> None:
     from SAMSegmentLib.models import load_model
 
-    model = load_model("sam2.1_hiera_tiny", device="cpu", random_init=True)
+    model = load_model("sam2.1_hiera_tiny", device="cpu", random_init=True, backend="torch")
     assert isinstance(model, SAM2) and model.capabilities.memory_propagation
     assert type(model.sam2_model).__name__ == "SAM2VideoPredictor"

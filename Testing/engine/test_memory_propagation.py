@@ -175,6 +175,27 @@ def test_two_prompted_slices_both_directions(model, volume, frames_dir):
 
 
 @pytest.mark.slow
+def test_openvino_image_encoder_propagates_like_sam2(model, volume, frames_dir, tmp_path):
+    """The same propagation with the image encoder exported to OpenVINO (f32), as the OpenVINO backend runs it,
+    within the same tolerance of sam2's own video predictor."""
+    pytest.importorskip("openvino")
+    from SAMSegmentLib.backends import apply_backend
+    from SAMSegmentLib.models.sam2 import SAM2
+
+    adapter = SAM2(model, "cpu")
+    adapter.name = "sam2-memory-test"
+    apply_backend(adapter, "openvino", "fp32", root=tmp_path)
+    assert set(adapter.runners) == {"image_encoder"}
+    prompts = {12: FramePrompt(points=[[100, 80]], labels=[1], box=[55, 38, 145, 122])}
+    t0 = time.perf_counter()
+    reference = run_sam2(model, frames_dir, prompts, [(False, None, None), (True, None, None)])
+    t1 = time.perf_counter()
+    ours = propagate_memory(model, lambda i: volume[i], NUM_FRAMES, prompts, forward_image=adapter.forward_image)
+    t2 = time.perf_counter()
+    check_equivalent(reference, ours, "OpenVINO image encoder", (t1 - t0, t2 - t1))
+
+
+@pytest.mark.slow
 def test_mask_prompt_backward_within_range(model, volume, frames_dir):
     # 'backward' starts at the last prompted slice; the mask-prompted slice 8 is passed on the way
     prompts = {8: FramePrompt(mask=ellipse_mask(8)), 16: FramePrompt(points=[[106, 84]], labels=[1])}

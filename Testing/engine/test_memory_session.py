@@ -25,7 +25,7 @@ from SAMSegmentLib.volume import Volume  # noqa: E402
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return load_model("medsam2", device="cpu", random_init=True)
+    return load_model("medsam2", device="cpu", random_init=True, backend="torch")  # plumbing only: no export
 
 
 def _volume() -> Volume:
@@ -49,7 +49,8 @@ def test_session_uses_memory_propagation_and_maps_geometry(model):
     geo = session.predictor.geometry("K")
     frame_prompt = FramePrompt(points=geo.to_model_xy(prompt.points), labels=prompt.labels,
                                box=geo.box_to_model(prompt.box))
-    direct = propagate_memory(model.sam2_model, lambda i: session.predictor.slice_image("K", i), 7, {3: frame_prompt})
+    direct = propagate_memory(model.sam2_model, lambda i: session.predictor.slice_image("K", i), 7, {3: frame_prompt},
+                              forward_image=model.forward_image)
     for index, logits in direct.items():
         np.testing.assert_array_equal(result.outcomes[index].mask, logits_to_voxel_grid(logits, geo) > 0)
 

@@ -1,0 +1,288 @@
+"""The torch graphs an exported runtime runs: fixed-signature modules around the model families' own parts.
+
+Each graph takes and returns plain float32 tensors (no Python-side branching on the inputs), so that a tracing
+exporter captures it whole. The numerics are those of the wrapped modules; where a graph replaces a branch of the
+original code by arithmetic (a mask flag, label comparisons), the arithmetic is exact for the values it sees.
+
+- ``image_encoder``: the family's image encoder on its fixed input frame.
+- ``prompt_decoder`` (SAM and LiteMedSAM): segment_anything's prompt encoder for points and boxes, and its mask
+  decoder, for any number of prompt points. Points and box corners are packed by :func:`pack_sam_points`.
+- ``sam2_image_encoder``: ``SAM2Base.forward_image`` (Hiera trunk, FPN neck, the decoder's two high-resolution
+  projections), returning the FPN levels then their position encodings.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+NOT_A_POINT = -1.0  # segment_anything's label of the padding point
+BOX_CORNER_LABELS = (2.0, 3.0)  # its labels of a box's top-left and bottom-right corners
+
+
+@dataclass
+class GraphSpec:
+    """What to export: ``module`` with ``example_inputs``; ``inputs`` names each input with its shape (-1 where the
+    size varies between calls); ``outputs`` names the outputs in order."""
+
+    module: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    inputs: list[tuple[str, list[int]]]
+    outputs: list[str]
+    shape_key: dict = field(default_factory=dict)  # what else the export depends on (image size, ...)
+
+
+def pack_sam_points(
+    points_xy: np.ndarray | None, labels: np.ndarray | None, box_xyxy: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt points as segment_anything's prompt encoder orders them: clicks, then the box's two corners, or a
+    padding point (label -1) when there is no box. Model-input pixel (x, y); returns float32 [1, N, 2] and [1, N]."""
+    coords: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    if points_xy is not None and len(points_xy):
+        coords.append(np.asarray(points_xy, dtype=np.float32).reshape(-1, 2))
+        labs.append(np.asarray(labels, dtype=np.float32).reshape(-1))
+    if box_xyxy is not None:
+        coords.append(np.asarray(box_xyxy, dtype=np.float32).reshape(2, 2))
+        labs.append(np.array(BOX_CORNER_LABELS, dtype=np.float32))
+    elif coords:
+        coords.append(np.zeros((1, 2), dtype=np.float32))
+        labs.append(np.array([NOT_A_POINT], dtype=np.float32))
+    if not coords:
+        raise ValueError("a prompt needs points or a box")
+    return np.concatenate(coords)[None], np.concatenate(labs)[None]
+
+
+def _embed_sparse(prompt_encoder: torch.nn.Module, coord_scale: torch.Tensor, point_coords, point_labels):
+    """``PromptEncoder._embed_points`` / ``_embed_boxes`` for packed points: +0.5 pixel shift, normalise by the input
+    size, Fourier features; padding points get ``not_a_point_embed``, labels 0..3 their ``point_embeddings``."""
+    pe = prompt_encoder
+    sparse = pe.pe_layer._pe_encoding((point_coords + 0.5) * coord_scale)
+    labels = point_labels[..., None]
+    is_pad = (labels == NOT_A_POINT).to(sparse.dtype)
+    sparse = sparse * (1.0 - is_pad) + pe.not_a_point_embed.weight * is_pad
+    for i in range(pe.num_point_embeddings):
+        sparse = sparse + pe.point_embeddings[i].weight * (labels == float(i)).to(sparse.dtype)
+    return sparse
+
+
+def _attend(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """segment_anything ``Attention.forward`` after its input projections (q, k, v already projected)."""
+    q, k, v = (attn._separate_heads(x, attn.num_heads) for x in (q, k, v))
+    weights = torch.softmax(q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1]), dim=-1)
+    return attn.out_proj(attn._recombine_heads(weights @ v))
+
+
+class SamDecoderImagePart(torch.nn.Module):
+    """The prompt-independent start of segment_anything's ``MaskDecoder``: image tokens (embedding + dense prompt
+    embedding, [1, HW, C]) and the first transformer layer's three projections of them (``k_proj`` / ``v_proj`` of
+    its token-to-image attention, ``q_proj`` of its image-to-token attention), [1, HW, C / 2] each. Computed once
+    per embedding (and mask prompt) and reused by every prompt (:class:`SamDecoderPromptPart`)."""
+
+    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.mask_decoder = mask_decoder
+        with torch.no_grad():
+            pe = prompt_encoder.get_dense_pe().detach().clone()
+        self.register_buffer("key_pe", pe.flatten(2).permute(0, 2, 1).contiguous(), persistent=False)
+
+    def forward(self, image_embed, dense_embed):
+        keys = (image_embed + dense_embed).flatten(2).permute(0, 2, 1)
+        layer = self.mask_decoder.transformer.layers[0]
+        with_pe = keys + self.key_pe
+        return (keys, layer.cross_attn_token_to_image.k_proj(with_pe), layer.cross_attn_token_to_image.v_proj(keys),
+                layer.cross_attn_image_to_token.q_proj(with_pe))
+
+
+class SamDecoderPromptPart(torch.nn.Module):
+    """The rest of segment_anything's ``PromptEncoder`` (points, box corners) + ``MaskDecoder.predict_masks``.
+
+    Inputs: the four outputs of :class:`SamDecoderImagePart`, ``point_coords`` [1, N, 2] model-input pixel (x, y)
+    and ``point_labels`` [1, N] (-1 padding, 0 exclude, 1 include, 2 / 3 box corners). Outputs all candidates:
+    ``masks`` [1, 4, 256, 256] and ``iou`` [1, 4]; candidate 0 is the single-mask output, 1..3 the multimask ones.
+
+    The forward glue of ``TwoWayTransformer`` / ``TwoWayAttentionBlock`` / ``predict_masks`` is written out here
+    (calling the modules' own layers) because the first layer takes the precomputed projections; tests compare
+    the result with segment_anything's modules.
+    """
+
+    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        h, w = prompt_encoder.input_image_size
+        self.embedding_hw = tuple(int(v) for v in prompt_encoder.image_embedding_size)
+        self.register_buffer("coord_scale", torch.tensor([1.0 / w, 1.0 / h], dtype=torch.float32), persistent=False)
+        with torch.no_grad():
+            pe = prompt_encoder.get_dense_pe().detach().clone()
+        self.register_buffer("key_pe", pe.flatten(2).permute(0, 2, 1).contiguous(), persistent=False)
+
+    def forward(self, keys, k0, v0, q0, point_coords, point_labels):
+        md = self.mask_decoder
+        transformer = md.transformer
+        sparse = _embed_sparse(self.prompt_encoder, self.coord_scale, point_coords, point_labels)
+        output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)[None]
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        key_pe = self.key_pe
+
+        # first TwoWayAttentionBlock, with the image-side projections precomputed
+        layer = transformer.layers[0]
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=tokens, k=tokens, v=tokens)
+        else:
+            q = tokens + tokens
+            queries = tokens + layer.self_attn(q=q, k=q, v=tokens)
+        queries = layer.norm1(queries)
+        t2i = layer.cross_attn_token_to_image
+        queries = layer.norm2(queries + _attend(t2i, t2i.q_proj(queries + tokens), k0, v0))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        i2t = layer.cross_attn_image_to_token
+        q = queries + tokens
+        keys = layer.norm4(keys + _attend(i2t, q0, i2t.k_proj(q), i2t.v_proj(queries)))
+
+        for layer in transformer.layers[1:]:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
+        attn_out = transformer.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
+        hs = transformer.norm_final_attn(queries + attn_out)
+
+        h, w = self.embedding_hw
+        src = keys.transpose(1, 2).reshape(1, -1, h, w)
+        upscaled = md.output_upscaling(src)
+        hyper_in = torch.stack([md.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(md.num_mask_tokens)],
+                               dim=1)
+        b, c, uh, uw = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c, uh * uw)).reshape(b, -1, uh, uw)
+        return masks, md.iou_prediction_head(hs[:, 0, :])
+
+
+def sam_prompt_decoder_specs(prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> dict[str, GraphSpec]:
+    """The two prompt decoder graphs of a SAM-family model (LiteMedSAM, SAM, MedSAM): ``prompt_decoder_image``
+    (once per embedding) and ``prompt_decoder`` (per prompt)."""
+    c = int(prompt_encoder.embed_dim)
+    eh, ew = (int(v) for v in prompt_encoder.image_embedding_size)
+    ih, iw = (int(v) for v in prompt_encoder.input_image_size)
+    gen = torch.Generator().manual_seed(0)
+    image_part = SamDecoderImagePart(prompt_encoder, mask_decoder).eval()
+    image_inputs = (
+        torch.randn(1, c, eh, ew, generator=gen),
+        prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).expand(1, -1, eh, ew).contiguous(),
+    )
+    with torch.inference_mode():
+        keys, k0, v0, q0 = (t.clone() for t in image_part(*image_inputs))
+    ci = int(k0.shape[-1])
+    prompt_inputs = (
+        keys, k0, v0, q0,
+        torch.tensor([[[0.4 * iw, 0.5 * ih], [0.2 * iw, 0.2 * ih], [0.8 * iw, 0.7 * ih]]], dtype=torch.float32),
+        torch.tensor([[1.0, 2.0, 3.0]]),
+    )
+    shape_key = {"embedding": [c, eh, ew], "input": [ih, iw]}
+    return {
+        "prompt_decoder_image": GraphSpec(
+            image_part, image_inputs, [("image_embed", [1, c, eh, ew]), ("dense_embed", [1, c, eh, ew])],
+            ["keys", "k0", "v0", "q0"], shape_key,
+        ),
+        "prompt_decoder": GraphSpec(
+            SamDecoderPromptPart(prompt_encoder, mask_decoder).eval(), prompt_inputs,
+            [("keys", [1, eh * ew, c]), ("k0", [1, eh * ew, ci]), ("v0", [1, eh * ew, ci]), ("q0", [1, eh * ew, ci]),
+             ("point_coords", [1, -1, 2]), ("point_labels", [1, -1])],
+            ["masks", "iou"], shape_key,
+        ),
+    }
+
+
+def image_encoder_spec(encoder: torch.nn.Module, size: int, channels: int = 3) -> GraphSpec:
+    """An image encoder on a fixed [1, channels, size, size] input."""
+    x = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+    return GraphSpec(encoder.eval(), (x,), [("image", [1, channels, size, size])], ["features"], {"input": size})
+
+
+class Sam2ImageEncoder(torch.nn.Module):
+    """``SAM2Base.forward_image`` without the position encodings: returns the FPN levels, high resolution first.
+
+    The position encodings (``vision_pos_enc``) depend only on the levels' sizes, so they are not exported (at
+    1024 px they are ~85 MB per frame): :func:`sam2_backbone_out` computes them once with the model's own module.
+    """
+
+    def __init__(self, sam2_model: torch.nn.Module) -> None:
+        super().__init__()
+        self.sam2_model = sam2_model
+
+    def forward(self, image):
+        return tuple(self.sam2_model.forward_image(image)["backbone_fpn"])
+
+
+def sam2_image_encoder_spec(sam2_model: torch.nn.Module) -> GraphSpec:
+    size = int(sam2_model.image_size)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        n = len(sam2_model.forward_image(x)["backbone_fpn"])
+    return GraphSpec(Sam2ImageEncoder(sam2_model).eval(), (x,), [("image", [1, 3, size, size])],
+                     [f"fpn{i}" for i in range(n)], {"input": size})
+
+
+def sam2_backbone_out(sam2_model: torch.nn.Module, fpn: list[torch.Tensor]) -> dict:
+    """The ``backbone_out`` dict of ``forward_image`` from the graph's FPN levels.
+
+    Position encodings come from the neck's own ``position_encoding`` module (as ``FpnNeck.forward`` computes
+    them: from each level's shape only), cached per shape on the model.
+    """
+    cache = sam2_model.__dict__.setdefault("_exported_pos_enc", {})
+    position_encoding = sam2_model.image_encoder.neck.position_encoding
+    pos = []
+    for f in fpn:
+        key = (tuple(f.shape[-2:]), f.device, f.dtype)
+        if key not in cache:
+            with torch.inference_mode():
+                cache[key] = position_encoding(torch.zeros(1, 1, *f.shape[-2:], device=f.device)).to(f.dtype)
+        pos.append(cache[key])
+    return {"vision_features": fpn[-1], "vision_pos_enc": pos, "backbone_fpn": list(fpn)}
+
+def _no_mask_dense(prompt_encoder: torch.nn.Module) -> np.ndarray:
+    """``no_mask_embed`` broadcast to [1, C, h, w] float32 (cached on the module: it is a constant)."""
+    cached = getattr(prompt_encoder, "_exported_no_mask_dense", None)
+    if cached is None:
+        eh, ew = (int(v) for v in prompt_encoder.image_embedding_size)
+        w = prompt_encoder.no_mask_embed.weight.detach().float().cpu().numpy().reshape(1, -1, 1, 1)
+        cached = np.ascontiguousarray(np.broadcast_to(w, (1, w.shape[1], eh, ew)))
+        prompt_encoder._exported_no_mask_dense = cached
+    return cached
+
+
+def run_sam_prompt_decoder(
+    runners: dict,
+    prompt_encoder: torch.nn.Module,
+    image_embed: torch.Tensor,
+    points_xy: np.ndarray | None,
+    labels: np.ndarray | None,
+    box_xyxy: np.ndarray | None,
+    mask_input: torch.Tensor | np.ndarray | None,
+    multimask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode with the exported prompt decoder graphs: model-input pixel prompts in, the selected candidates out
+    (low-res logits [C, 256, 256], iou [C]; C = 3 with ``multimask``, else 1), as ``MaskDecoder.forward`` selects.
+
+    The image part is reused while the same embedding tensor is decoded without a mask prompt (the preview of
+    one slice): it is remembered for the last embedding only, through a weak reference.
+    """
+    coords, labs = pack_sam_points(points_xy, labels, box_xyxy)
+    image_graph = runners["prompt_decoder_image"]
+    if mask_input is None:
+        last = getattr(image_graph, "last_result", None)
+        if last is not None and last[0]() is image_embed:
+            image_part = last[1]
+        else:
+            image_part = image_graph(image_embed, _no_mask_dense(prompt_encoder))
+            image_graph.last_result = (weakref.ref(image_embed), image_part)
+    else:
+        s = 4 * int(prompt_encoder.image_embedding_size[0])
+        m = torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, s, s)
+        with torch.inference_mode():
+            dense = prompt_encoder._embed_masks(m.to(prompt_encoder.no_mask_embed.weight.device)).float()
+        image_part = image_graph(image_embed, dense)
+    masks, iou = runners["prompt_decoder"](*image_part, coords, labs)
+    sel = slice(1, None) if multimask else slice(0, 1)
+    return masks[0, sel], iou[0, sel]
