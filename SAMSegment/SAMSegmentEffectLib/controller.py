@@ -208,6 +208,7 @@ class _Config:
     window: tuple[float, float] | None
     backend: str = "auto"
     precision: str = "auto"
+    window_mode: str = "fit"
 
 
 @dataclass
@@ -257,12 +258,15 @@ class SegmentAnythingController:
     # ------------------------------------------------------------------------------------------- configuration
 
     def configure(self, model: str, device: str = "auto", cache_mb: int = DEFAULT_CACHE_MB,
-                  window: tuple[float, float] | None = None, backend: str = "auto", precision: str = "auto") -> None:
-        """Model, device ('auto', 'cpu', 'cuda', 'mps'), embedding cache budget (MiB), optional intensity window
-        (low, high), backend and precision. Takes effect with the next request; a change opens a new session
-        (the volume is not sent again)."""
+                  window: tuple[float, float] | None = None, backend: str = "auto", precision: str = "auto",
+                  window_mode: str = "fit") -> None:
+        """Model, device ('auto', 'cpu', 'cuda', 'mps'), embedding cache budget (MiB), intensity window (low, high)
+        (e.g. the one displayed) or None for the automatic one of ``window_mode`` ('fit': fitted to each object;
+        'volume'), backend and precision. Takes effect with the next request; a change opens a new session (the
+        volume is not sent again)."""
         self._config = _Config(model, device, int(cache_mb),
-                               None if window is None else (float(window[0]), float(window[1])), backend, precision)
+                               None if window is None else (float(window[0]), float(window[1])), backend, precision,
+                               window_mode)
 
     def set_volume(self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, key: Any) -> None:
         """The source volume (a [k, j, i] array, not copied here) and a key that changes when its voxels change.
@@ -288,7 +292,7 @@ class SegmentAnythingController:
     def _spec(self) -> SessionSpec:
         c = self._config or _Config(DEFAULT_MODEL, "auto", DEFAULT_CACHE_MB, None)
         return SessionSpec(model=c.model, device=c.device, backend=c.backend, precision=c.precision,
-                           window=c.window, cache_mb=c.cache_mb)
+                           window=c.window, cache_mb=c.cache_mb, window_mode=c.window_mode)
 
     def _ensure_session(self) -> EngineSession:
         """The session for the current volume and settings, (re)starting the engine and (re)opening as needed."""
@@ -320,6 +324,12 @@ class SegmentAnythingController:
     def load(self) -> Request:
         """Start the engine, send the volume and load the model now (so that the first click is fast)."""
         return self._ensure_session().opening
+
+    def new_object(self) -> None:
+        """The next prompts are another object: with a fitted window, it gets its own."""
+        if self._session is not None:
+            request = self._session.new_object()
+            self._tracked.append(_Tracked("new-object", request))
 
     def preview(self, axis: str, index: int, prompt: SlicePrompt) -> Request:
         """Predict one slice; supersedes an unfinished preview of the same slice and pending prefetches."""
@@ -368,7 +378,7 @@ class SegmentAnythingController:
 
     @property
     def busy(self) -> bool:
-        return any(not t.request.done for t in self._tracked if t.kind != "prefetch")
+        return any(not t.request.done for t in self._tracked if t.kind not in ("prefetch", "new-object"))
 
     def cancel_propagation(self) -> None:
         for tracked in self._tracked:

@@ -261,6 +261,7 @@ class PromptItem:
     kind: str  # 'point' or 'box'
     values: tuple[float, ...]
     label: int = 1
+    serial: int = 0  # order of creation across all slices
 
 
 @dataclass
@@ -273,6 +274,11 @@ class PromptStore:
 
     def __init__(self) -> None:
         self._slices: dict[tuple[str, int], _SliceItems] = {}
+        self._serial = 0
+
+    def _next_serial(self) -> int:
+        self._serial += 1
+        return self._serial
 
     @staticmethod
     def _key(axis: str, index: int) -> tuple[str, int]:
@@ -290,14 +296,14 @@ class PromptStore:
 
     def add_point(self, axis: str, index: int, xy, include: bool = True) -> PromptItem:
         x, y = (float(v) for v in np.asarray(xy, dtype=float)[:2])
-        item = PromptItem("point", (x, y), 1 if include else 0)
+        item = PromptItem("point", (x, y), 1 if include else 0, self._next_serial())
         self._items(axis, index, create=True).append(item)
         return item
 
     def set_box(self, axis: str, index: int, corner_a, corner_b) -> PromptItem:
         """Box from two opposite corners (slice coordinates); replaces the slice's current box."""
         (xa, ya), (xb, yb) = np.asarray(corner_a, dtype=float)[:2], np.asarray(corner_b, dtype=float)[:2]
-        item = PromptItem("box", (min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)))
+        item = PromptItem("box", (min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)), serial=self._next_serial())
         self._items(axis, index, create=True).append(item)
         return item
 
@@ -352,23 +358,48 @@ class PromptStore:
         boxes = [it for it in self._items(axis, index) if it.kind == "box"]
         return np.array(boxes[-1].values, dtype=float) if boxes else None
 
-    def slice_prompt(self, axis: str, index: int, mask: np.ndarray | None = None) -> SlicePrompt | None:
-        """The engine prompt of a slice (None when it has neither prompts nor a mask)."""
+    def slice_prompt(self, axis: str, index: int, mask: np.ndarray | None = None,
+                     extent: tuple[int, int] | None = None) -> SlicePrompt | None:
+        """The engine prompt of a slice (None when it has neither prompts nor a mask). ``extent`` (first, last)
+        makes its box a 3D box (ignored without a box)."""
         points, labels = self.points(axis, index)
         box = self.box(axis, index)
         if not len(points) and box is None and mask is None:
             return None
-        return SlicePrompt(points=points, labels=labels, box=box, mask=mask)
+        return SlicePrompt(points=points, labels=labels, box=box, mask=mask,
+                           extent=extent if box is not None else None)
 
-    def slice_prompts(self, axis: str, masks: dict[int, np.ndarray] | None = None) -> dict[int, SlicePrompt]:
-        """Engine prompts of every slice along ``axis`` that has prompts or a seed mask in ``masks``."""
+    def slice_prompts(self, axis: str, masks: dict[int, np.ndarray] | None = None,
+                      extent: tuple[int, int] | None = None) -> dict[int, SlicePrompt]:
+        """Engine prompts of every slice along ``axis`` that has prompts or a seed mask in ``masks``. ``extent``:
+        the object's first and last slice along ``axis`` (a 3D box for every box whose slice lies inside it)."""
         masks = masks or {}
         out = {}
         for index in sorted(set(self.indices(axis)) | set(masks)):
-            prompt = self.slice_prompt(axis, index, masks.get(index))
+            inside = extent if extent is not None and extent[0] <= index <= extent[1] else None
+            prompt = self.slice_prompt(axis, index, masks.get(index), inside)
             if prompt is not None:
                 out[index] = prompt
         return out
+
+    def box_extent(self, axis: str) -> tuple[int, int] | None:
+        """The object's first and last slice along ``axis`` from a box drawn on a view of another axis (the latest
+        one): a box on an axial view (K) spans I and J, on a coronal view (J) I and K, on a sagittal view (I) J and K,
+        so a coronal or sagittal box gives the axial extent, and so on. None when no such box exists."""
+        axis = axis.upper()
+        best = None
+        for (other, _index), items in self._slices.items():
+            if other == axis:
+                continue
+            x_axis, y_axis = in_plane_axes(other)
+            for item in items.items:
+                if item.kind != "box" or axis not in (x_axis, y_axis):
+                    continue
+                x0, y0, x1, y1 = item.values
+                low, high = (x0, x1) if axis == x_axis else (y0, y1)
+                if best is None or item.serial > best[0]:
+                    best = (item.serial, (int(np.floor(low + 0.5)), int(np.floor(high + 0.5))))
+        return None if best is None else best[1]
 
 
 # --------------------------------------------------------------------------------------------------- drawing

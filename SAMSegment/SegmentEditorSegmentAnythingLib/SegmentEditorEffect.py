@@ -46,6 +46,7 @@ PREFETCH_OFFSETS = (0, 1, -1, 2, -2)
 DIRECTIONS = [("both", "Both directions"), ("forward", "Increasing slice index"),
               ("backward", "Decreasing slice index")]
 WRITE_MODES = [("replace", "Replace the slice"), ("add", "Add to the segment")]
+WINDOW_MODES = [("fit", "Fit the object"), ("display", "As displayed")]
 HELP = """<html>Segment with Segment Anything models (LiteMedSAM, SAM, MedSAM, SAM 2.1, MedSAM2).<br>
 <p><ul style="margin: 0">
 <li><b>Left-click</b>: include point. <b>Shift+left-click</b>: exclude point. <b>Left-drag</b>: box.</li>
@@ -56,6 +57,12 @@ as one undo step when done. Correct any slice with new prompts and propagate aga
 <li><b>BackSpace</b> or <b>x</b>: remove the slice's last prompt. <b>Delete</b>: clear the slice's prompts.</li>
 <li><b>Refine existing segment</b>: where the selected segment already covers a slice, it seeds the prompt, and
 propagation can start from it.</li>
+<li><b>Corrections</b>: on a slice the propagation (or the segment) already covers, Shift+click removes a wrong part
+and a click adds a missing part; press p again and the propagation continues from the corrected slice.</li>
+<li><b>3D box</b>: set the propagation range (from/to), or draw a box on an orthogonal view too: the object's first
+and last slice bound the propagation.</li>
+<li><b>Window</b>: <i>Fit the object</i> (default) shows the model a window fitted to the grey levels around your first
+box; <i>As displayed</i> uses the window/level you see.</li>
 </ul><p>Works on slice views aligned with the source volume's voxel grid (rotated views are refused).
 Editable area, intensity masking and overwrite settings apply as in other effects.</html>"""
 
@@ -114,6 +121,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.volumeKey = None
         self.modelReady = False
         self.activeAxis = None
+        self.lastSegmentId = None
         self.polling = False  # onPoll re-entry guard (a dialog opened from a tick runs a nested event loop)
         self.pendingDialogs = []
         self.showingDialog = False
@@ -148,6 +156,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for key, text in DEVICES:
             self.deviceCombo.addItem(text, key)
         self.scriptedEffect.addLabeledOptionsWidget("Device:", self.deviceCombo)
+        self.windowCombo = qt.QComboBox()
+        for key, text in WINDOW_MODES:
+            self.windowCombo.addItem(text, key)
+        self.windowCombo.toolTip = ("What the model sees: a window fitted to the grey levels in and around the first "
+                                    "box of each object (default), or the window/level displayed in the views.")
+        self.scriptedEffect.addLabeledOptionsWidget("Window:", self.windowCombo)
 
         self.refineCheck = qt.QCheckBox("Refine existing segment")
         self.refineCheck.toolTip = ("Where the selected segment already covers a slice, use it as a mask prompt; "
@@ -209,6 +223,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.modelCombo.connect("activated(int)", self.onModelSelected)
         self.deviceCombo.connect("activated(int)", self.onDeviceSelected)
         for widget, signal in ((self.refineCheck, "toggled(bool)"), (self.wholeRangeCheck, "toggled(bool)"),
+                               (self.windowCombo, "currentIndexChanged(int)"),
                                (self.directionCombo, "currentIndexChanged(int)"),
                                (self.writeModeCombo, "currentIndexChanged(int)"),
                                (self.rangeFrom, "valueChanged(int)"), (self.rangeTo, "valueChanged(int)")):
@@ -219,6 +234,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.clearButton.connect("clicked()", self.onClearAll)
 
     def setMRMLDefaults(self):
+        self.scriptedEffect.setParameterDefault("WindowMode", "fit")
         self.scriptedEffect.setParameterDefault("Refine", 0)
         self.scriptedEffect.setParameterDefault("WriteMode", "replace")
         self.scriptedEffect.setParameterDefault("Direction", "both")
@@ -228,9 +244,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def updateGUIFromMRML(self):
         widgets = (self.refineCheck, self.writeModeCombo, self.directionCombo, self.wholeRangeCheck,
-                   self.rangeFrom, self.rangeTo, self.modelCombo, self.deviceCombo)
+                   self.rangeFrom, self.rangeTo, self.modelCombo, self.deviceCombo, self.windowCombo)
         blocked = [w.blockSignals(True) for w in widgets]
         self.refineCheck.checked = self.scriptedEffect.integerParameter("Refine") != 0
+        self.windowCombo.setCurrentIndex(max(0, self.windowCombo.findData(self.scriptedEffect.parameter("WindowMode"))))
         self.writeModeCombo.setCurrentIndex(max(0, self.writeModeCombo.findData(self.scriptedEffect.parameter("WriteMode"))))
         self.directionCombo.setCurrentIndex(max(0, self.directionCombo.findData(self.scriptedEffect.parameter("Direction"))))
         whole = self.scriptedEffect.integerParameter("WholeRange") != 0
@@ -245,8 +262,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for w, b in zip(widgets, blocked, strict=True):
             w.blockSignals(b)
         self.updateButtons()
+        segmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
+        if segmentId != self.lastSegmentId:  # another segment: the next prompts are another object
+            self.lastSegmentId = segmentId
+            if self.controller is not None:
+                self.controller.new_object()
 
     def updateMRMLFromGUI(self, *unused):
+        self.scriptedEffect.setParameter("WindowMode", self.windowCombo.itemData(self.windowCombo.currentIndex))
         self.scriptedEffect.setParameter("Refine", 1 if self.refineCheck.checked else 0)
         self.scriptedEffect.setParameter("WriteMode", self.writeModeCombo.itemData(self.writeModeCombo.currentIndex))
         self.scriptedEffect.setParameter("Direction", self.directionCombo.itemData(self.directionCombo.currentIndex))
@@ -359,10 +382,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 self.refreshModelCombo()
                 return False
             self.refreshModelCombo()
-        self.controller.configure(name, self.settings.get("Device"), self.settings.get("CacheMB"),
-                                  backend=self.settings.get("Backend"), precision=self.settings.get("Precision"))
         if not self.ensureVolume():
             return False
+        self.syncSettings()
         try:
             self.controller.load()
         except Exception as exc:  # e.g. no server URL set: a message, not a traceback
@@ -371,6 +393,24 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.setStatus(f"Starting the engine and loading {name}...")
         self.modelReady = True
         return True
+
+    def displayedWindow(self):
+        """(low, high) of the source volume's displayed window/level, or None when it has no display node."""
+        volumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        display = volumeNode.GetDisplayNode() if volumeNode is not None else None
+        if display is None or not hasattr(display, "GetWindow"):
+            return None
+        window, level = float(display.GetWindow()), float(display.GetLevel())
+        return (level - window / 2.0, level + window / 2.0) if window > 0 else None
+
+    def syncSettings(self):
+        """Hand the current model, device and window settings to the controller (a change opens a new engine
+        session on the next request; an unchanged one costs nothing)."""
+        mode = self.scriptedEffect.parameter("WindowMode") or "fit"
+        window = self.displayedWindow() if mode == "display" else None
+        self.controller.configure(self.settings.get("Model"), self.settings.get("Device"),
+                                  self.settings.get("CacheMB"), window=window, backend=self.settings.get("Backend"),
+                                  precision=self.settings.get("Precision"), window_mode="fit")
 
     def ensureVolume(self, quiet=False) -> bool:
         """Source volume -> controller (array view, no copy) and bridge geometry; False (with a message unless
@@ -574,14 +614,36 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return None
         return mask if mask.any() else None
 
+    def correctionContext(self, axis, index):
+        """What a points-only prompt on this slice corrects: the previewed mask there, else the selected segment
+        there (what an applied propagation wrote), or None."""
+        if self.previewLayer is not None and self.previewLayer.has_slice(axis, index):
+            mask = dict(((a, i), m) for a, i, m in self.previewLayer.slices())[(axis, index)]
+            if mask.any():
+                return mask
+        parameterNode = self.scriptedEffect.parameterSetNode()
+        segmentId = parameterNode.GetSelectedSegmentID()
+        if not segmentId:
+            return None
+        try:
+            mask = read_segment_slice(parameterNode.GetSegmentationNode(), segmentId, self.geometry, axis, index)
+        except BridgeError:
+            return None
+        return mask if mask.any() else None
+
     def requestPreview(self, axis, index):
-        prompt = self.prompts.slice_prompt(axis, index, self.refineMask(axis, index))
+        self.syncSettings()
+        mask = self.refineMask(axis, index)
+        if mask is None and self.prompts.box(axis, index) is None and self.prompts.has_prompts(axis, index):
+            mask = self.correctionContext(axis, index)  # points only: correct what the slice shows
+        prompt = self.prompts.slice_prompt(axis, index, mask)
         if prompt is None or not prompt.has_include:
             if self.previewLayer is not None:
                 self.previewLayer.clear_slice(axis, index)
                 self.updateButtons()
             if prompt is not None:
-                self.setStatus("Add an include point or a box: exclude points alone do not select anything.")
+                self.setStatus("Add an include point or a box: exclude points alone correct a slice only where the "
+                               "propagation or the segment already covers it.")
             return
         self.controller.preview(axis, index, prompt)
 
@@ -612,16 +674,22 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             seed = self.refineMask(axis, current.index)
             if seed is not None:
                 masks[current.index] = seed  # refine: propagate from the existing segment on this slice
-        prompts = {i: p for i, p in self.prompts.slice_prompts(axis, masks).items() if p.has_include}
-        if not prompts:
-            self.setStatus(f"No slice along {axis} has an include prompt to propagate from.", error=True)
-            return
         n = self.geometry.size_ijk["IJK".index(axis)]
         frange = None
         if self.scriptedEffect.integerParameter("WholeRange") == 0:
             lo = max(0, min(self.scriptedEffect.integerParameter("RangeFrom"), n - 1))
             hi = max(0, min(self.scriptedEffect.integerParameter("RangeTo"), n - 1))
             frange = (min(lo, hi), max(lo, hi))
+        # a 3D box: the range fields, or a box drawn on an orthogonal view, give the object's first and last slice
+        extent = frange if frange is not None else self.prompts.box_extent(axis)
+        if extent is not None:
+            extent = (max(0, extent[0]), min(n - 1, extent[1]))
+        # points-only slices go as they are: the engine corrects the propagated result there
+        prompts = self.prompts.slice_prompts(axis, masks, extent)
+        if not any(p.has_include for p in prompts.values()):
+            self.setStatus(f"No slice along {axis} has a box or include point to propagate from.", error=True)
+            return
+        self.syncSettings()
         self.controller.propagate(axis, prompts, self.scriptedEffect.parameter("Direction") or "both", frange)
         self.progressBar.setRange(0, 0)
         self.setStatus(f"Propagating along {axis} from {len(prompts)} slice(s)...")
@@ -634,6 +702,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onClearAll(self):
         if self.controller is not None:
             self.controller.cancel_all(forget=True)
+            self.controller.new_object()  # the next prompts are another object (its own fitted window)
         self.prompts.clear()
         if self.previewLayer is not None:
             self.previewLayer.clear()

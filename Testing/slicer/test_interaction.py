@@ -352,3 +352,27 @@ def test_glyph_segments():
     box = yellow[:4].reshape(-1, 2)  # the box's outer edge, half a voxel outside its corner voxels
     np.testing.assert_allclose([box[:, 0].min(), box[:, 0].max(), box[:, 1].min(), box[:, 1].max()], [5, 45, 5, 65])
     assert glyph_segments(store, "K", 2, to_view)[0].shape[0] == 0  # other slices show nothing
+
+
+def test_a_box_on_an_orthogonal_view_gives_the_3d_extent():
+    store = PromptStore()
+    store.set_box("K", 12, (10, 20), (40, 50))  # axial: spans i and j
+    assert store.box_extent("K") is None  # no box on another view yet
+    store.set_box("J", 30, (12, 8.4), (38, 16.6))  # coronal: spans i and k -> slices 8..17 along K
+    assert store.box_extent("K") == (8, 17)
+    assert store.box_extent("I") == (12, 38)  # the coronal box also spans I
+    store.set_box("I", 25, (22, 5), (48, 9))  # sagittal, drawn later: spans j and k -> K extent 5..9
+    assert store.box_extent("K") == (5, 9)
+    prompts = store.slice_prompts("K", extent=(5, 14))
+    assert prompts[12].extent == (5, 14) and prompts[12].box is not None
+
+
+def test_slice_prompts_give_the_extent_only_to_boxes_inside_it():
+    store = PromptStore()
+    store.set_box("K", 3, (1, 1), (5, 5))
+    store.set_box("K", 9, (1, 1), (5, 5))
+    store.add_point("K", 6, (3, 3), include=False)  # a correction: no box, no extent
+    prompts = store.slice_prompts("K", extent=(2, 7))
+    assert prompts[3].extent == (2, 7)
+    assert prompts[9].extent is None
+    assert prompts[6].extent is None and prompts[6].points_only
