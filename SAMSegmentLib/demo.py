@@ -159,8 +159,9 @@ def main_demo(args) -> int:
     shutil.copyfile(data.image_path, out / DEMO_IMAGE)
     overlay_path = write_overlay(out / "overlay.png", volume, reference, mask, "K", session.window)
     summary = {
-        "segment": segment, "model": args.model, "device": str(model.device), "window": [session.window.low,
-                                                                                         session.window.high],
+        "segment": segment, "model": args.model, "device": str(model.device),
+        "backend": getattr(model, "backend", "torch"), "precision": getattr(model, "precision", "fp32"),
+        "window": [session.window.low, session.window.high],
         "seed_slice": seed, "box": [float(v) for v in prompt.box], "slices_computed": len(result.recomputed),
         "dice": metrics.dice, "nsd_1mm": metrics.nsd_1mm, "nsd_2mm": metrics.nsd_2mm,
         "hd95_mm": metrics.hd95_mm if np.isfinite(metrics.hd95_mm) else None,

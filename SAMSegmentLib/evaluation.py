@@ -653,7 +653,8 @@ def main_evaluate(args) -> int:
         report = evaluate_cases(model, cases, protocol, args.output, args.window, args.jitter, args.seed,
                                 per_case_folders=several, progress=bar if several else None,
                                 slice_progress=slice_bar,
-                                extra={"device": str(model.device), "precision": args.precision,
+                                extra={"device": str(model.device), "backend": getattr(model, "backend", "torch"),
+                                       "precision": getattr(model, "precision", args.precision),
                                        "model_load_seconds": round(load_seconds, 3)})
     except EvaluationError as exc:
         raise CliError(str(exc)) from None
