@@ -8,7 +8,9 @@ key symbols (``Return``, ``BackSpace``, ``KP_Enter``) from desktop interactors; 
 
 A stroke acts on its first KeyPressEvent; further KeyPressEvents of the same key are ignored until its
 KeyReleaseEvent (which also swallows auto-repeat while a key is held) or, should a release be lost, until
-``repeat_guard_s`` has passed.
+``repeat_guard_s`` has passed. Keep one KeyStrokes per view: trame-rca listens for ``keyup`` on the document, so
+every view receives the release of a key pressed in one of them, in no fixed order relative to that view's events
+(measured: the other views' releases arrived between the focused view's two KeyPressEvents).
 """
 
 from __future__ import annotations
