@@ -11,6 +11,7 @@ module provides:
 - TrameSlicerHost: the EffectHost the tool writes through (selected segment, editor logic writes, undo steps)
 - SegmentationAppParts: trame-slicer's segmentation app (views, segment editor, file loading, layouts) to build on
 - UI parts reused from trame-slicer (editable area and overwrite selector, tool buttons)
+- attach_tool / use_undo_stack / activate_effect: the same effect on a bare SlicerApp (tests, no trame server)
 - offscreen_slice_views / window_pixels: trame-slicer's slice views without a browser, for render tests
 """
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SegmentAnythingEffect",
+    "activate_effect",
+    "attach_tool",
+    "use_undo_stack",
     "SegmentationAppParts",
     "TrameSlicerHost",
     "offscreen_slice_views",
@@ -276,6 +280,37 @@ class TrameSlicerHost:
         return (bool(stack.can_undo()), bool(stack.can_redo())) if stack is not None else (False, False)
 
 
+# --------------------------------------------------------------------------------------------------- set-up
+
+
+def attach_tool(slicer_app, tool_factory: Callable[[TrameSlicerHost], SegmentAnythingTool]
+                ) -> tuple[TrameSlicerHost, SegmentAnythingTool]:
+    """Register the effect in ``slicer_app``'s segmentation editor, driven by the tool ``tool_factory`` builds."""
+    host = TrameSlicerHost(slicer_app)
+    tool = tool_factory(host)
+    slicer_app.segmentation_editor.get_effect(SegmentAnythingEffect).tool = tool
+    return host, tool
+
+
+def use_undo_stack(slicer_app, undo_limit: int = 5) -> None:
+    """Give the segmentation editor an undo stack (trame-slicer's segment editor logic does this in the app)."""
+    from undo_stack import UndoStack
+
+    slicer_app.segmentation_editor.set_undo_stack(UndoStack(undo_limit=undo_limit))
+
+
+def activate_effect(slicer_app) -> bool:
+    """Select the Segment Anything effect (adding a segment first when there is none); False without a
+    segmentation."""
+    editor = slicer_app.segmentation_editor
+    if editor.active_segmentation is None:
+        return False
+    if not editor.active_segment_id:
+        editor.add_empty_segment()
+    editor.set_active_effect_type(SegmentAnythingEffect)
+    return True
+
+
 # --------------------------------------------------------------------------------------------------- app
 
 
@@ -297,10 +332,7 @@ class SegmentationAppParts:
         self.logic = SegmentationAppLogic(server, self.slicer_app)
         self.ui = SegmentationAppUI(server, self.logic.layout_manager)
         self.logic.set_ui(self.ui)
-        self.host = TrameSlicerHost(self.slicer_app)
-        self.tool = tool_factory(self.host)
-        self.effect = self.segmentation_editor.get_effect(SegmentAnythingEffect)
-        self.effect.tool = self.tool
+        self.host, self.tool = attach_tool(self.slicer_app, tool_factory)
         self.layout_state = self.ui.layout.typed_state
 
     @property
@@ -309,11 +341,7 @@ class SegmentationAppParts:
 
     # effect activation
     def activate_effect(self) -> None:
-        if self.segmentation_editor.active_segmentation is None:
-            return
-        if not self.segmentation_editor.active_segment_id:
-            self.host.add_segment()
-        self.segmentation_editor.set_active_effect_type(SegmentAnythingEffect)
+        activate_effect(self.slicer_app)
 
     def deactivate_effect(self) -> None:
         if isinstance(self.segmentation_editor.active_effect, SegmentAnythingEffect):

@@ -548,6 +548,7 @@ class SegmentAnythingTool:
 
     def cancel(self) -> None:
         if self.controller.propagating:
+            self.poll()  # slices finished before this click count as before the cancel
             self.counters.outcomes_at_cancel = self.counters.outcomes
             self.controller.cancel_propagation()
             self.set_status("Cancelling...")
@@ -641,6 +642,9 @@ class SegmentAnythingTool:
 
     # ------------------------------------------------------------------------------------------- introspection
 
+    def reset_counters(self) -> None:
+        self.counters = _Counters()
+
     def stats(self) -> dict:
         """Small, JSON-able facts for tests and benchmarks: prompts, preview and segment voxel counts and digests."""
         out: dict[str, Any] = {"status": asdict(self.status), "counters": asdict(self.counters)}
@@ -662,6 +666,10 @@ class SegmentAnythingTool:
                 segment.update(voxels=int(mask.sum()), digest=mask_digest(mask),
                                slices=[int(k) for k in np.flatnonzero(mask.any(axis=(1, 2)))])
         out["segment"] = segment
+        out["view_slices"] = {}
+        for name, port in self._ports.items():
+            view = self.slice_view(port, quiet=True)
+            out["view_slices"][name] = f"{view.axis}{view.index}" if view is not None else ""
         return out
 
 
