@@ -334,6 +334,7 @@ class SegmentationAppParts:
         self.logic.set_ui(self.ui)
         self.host, self.tool = attach_tool(self.slicer_app, tool_factory)
         self.layout_state = self.ui.layout.typed_state
+        self._fitted_sizes: dict[str, tuple[int, int]] = {}
 
     @property
     def segmentation_editor(self):
@@ -383,6 +384,32 @@ class SegmentationAppParts:
 
     def slice_views(self):
         return self.slicer_app.view_manager.get_slice_views()
+
+    def fit_resized_views(self) -> None:
+        """Fit the volume into every slice view whose size changed (the browser sizes views after they are
+        created: without this the first image is fitted to a 300 x 300 placeholder and cut at the sides)."""
+        sizes = self._fitted_sizes
+        for view in self.slice_views():
+            size = tuple(view.render_window().GetSize())
+            key = view.get_singleton_tag()
+            if sizes.get(key) != size:
+                sizes[key] = size
+                if view.get_background_volume_id():
+                    view.fit_view_to_content()
+                    view.schedule_render()
+
+    def view_facts(self) -> dict:
+        """Per slice view (by layout name): XYToRAS, render size (pixels) and its id on the page (test hooks)."""
+        out = {}
+        for view in self.slice_views():
+            node = view.get_view_node()
+            m = node.GetXYToRAS()
+            out[node.GetLayoutName() or node.GetName()] = {
+                "xy_to_ras": [[m.GetElement(r, c) for c in range(4)] for r in range(4)],
+                "size": list(view.render_window().GetSize()),
+                "trame_id": self.server.translator.translate_key(view.get_singleton_tag()),
+            }
+        return out
 
     # UI parts
     def tool_button(self, name: str, icon: str, tool_id: str):

@@ -137,20 +137,8 @@ class SessionApp:
             s.sam_can_undo, s.sam_can_redo = self.host.can_undo()
             if self.test_hooks:
                 stats = self.tool.stats()
-                stats["views"] = self._views()
+                stats["views"] = self.parts.view_facts()
                 s.sam_stats = stats
-
-    def _views(self) -> dict:
-        out = {}
-        for view in self.parts.slice_views():
-            node = view.get_view_node()
-            m = node.GetXYToRAS()
-            out[node.GetLayoutName() or node.GetName()] = {
-                "xy_to_ras": [[m.GetElement(r, c) for c in range(4)] for r in range(4)],
-                "size": list(view.render_window().GetSize()),
-                "trame_id": self.server.translator.translate_key(view.get_singleton_tag()),
-            }
-        return out
 
     # ------------------------------------------------------------------------------------------- events
 
@@ -165,6 +153,7 @@ class SessionApp:
         while True:
             await asyncio.sleep(POLL_S)
             try:
+                self.parts.fit_resized_views()
                 self.tool.poll()
                 # test hooks: views move and resize without telling the panel; refresh their facts twice a second
                 if self._dirty or (self.test_hooks and loop.time() - last_push > 0.5):

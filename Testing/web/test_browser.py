@@ -9,6 +9,8 @@ engine's own result for the same prompts (SAMSegmentLib.session in this process)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -121,8 +123,28 @@ def test_click_shows_the_preview(web, demo):
     assert shown > 0
 
 
-def test_box_and_enter_write_the_engines_result(web, demo, engine):
+def save_screenshot(web, artifacts_dir) -> None:
+    """The README's picture: the panel and the axial view with a box and its preview. Always saved with the test
+    artifacts; written to Resources/Screenshots/ only when SAMSEGMENT_UPDATE_SCREENSHOTS=1."""
+    import os
+    from io import BytesIO
+
+    from PIL import Image
+
+    web.page.wait_for_timeout(1500)  # the still (full quality) frame
+    box = web.view_box("Red")
+    png = web.page.screenshot(clip={"x": 0, "y": 0, "width": box["x"] + box["width"], "height": 800})
+    image = Image.open(BytesIO(png)).convert("RGB")
+    image.save(artifacts_dir / "web-preview.png")
+    if os.environ.get("SAMSEGMENT_UPDATE_SCREENSHOTS") == "1":
+        small = image.resize((round(image.width * 0.75), round(image.height * 0.75)), Image.LANCZOS)
+        small.quantize(colors=96, method=Image.Quantize.MEDIANCUT).save(
+            Path(__file__).resolve().parents[2] / "Resources" / "Screenshots" / "web-preview.png", optimize=True)
+
+
+def test_box_and_enter_write_the_engines_result(web, demo, engine, artifacts_dir):
     k, stats = box_preview(web, demo)
+    save_screenshot(web, artifacts_dir)
     web.page.keyboard.press("Enter")
     stats = web.wait("s.counters.applied >= 1 && s.segment.voxels > 0", what="the applied segment")
     prompt = prompt_of(stats["prompts"][f"K{k}"])
