@@ -232,16 +232,15 @@ class SessionApp:
                            hide_details=True, classes="mr-2", id="sam-model")
                 v3.VSelect(label="Device", v_model=("sam_device",), items=(["auto", "cpu", "cuda", "mps"],),
                            density="compact", hide_details=True, style="max-width: 110px;")
-            with html.Div(classes="d-flex align-center mt-2"):
-                v3.VCheckbox(label="Refine existing segment", v_model=("sam_refine",), density="compact",
-                             hide_details=True)
-                v3.VSelect(label="Write", v_model=("sam_write_mode",), density="compact", hide_details=True,
-                           items=([{"title": WRITE_MODE_TITLES[m], "value": m} for m in WRITE_MODES],))
+            v3.VSelect(label="Write", v_model=("sam_write_mode",), density="compact", hide_details=True,
+                       classes="mt-2", items=([{"title": WRITE_MODE_TITLES[m], "value": m} for m in WRITE_MODES],))
+            v3.VCheckbox(label="Refine existing segment", v_model=("sam_refine",), density="compact",
+                         hide_details=True)
             v3.VSelect(label="Propagate", v_model=("sam_direction",), density="compact", hide_details=True,
                        classes="mt-2", items=([{"title": DIRECTION_TITLES[d], "value": d} for d in DIRECTIONS],))
             with html.Div(classes="d-flex align-center"):
-                v3.VCheckbox(label="whole volume", v_model=("sam_whole_range",), density="compact",
-                             hide_details=True, id="sam-whole-range")
+                v3.VCheckbox(label="all", v_model=("sam_whole_range",), density="compact",
+                             hide_details=True, id="sam-whole-range", style="flex: 0 0 auto;")
                 v3.VTextField(label="from", v_model=("sam_range_from",), type="number", density="compact",
                               hide_details=True, disabled=("sam_whole_range",), classes="mx-1", id="sam-range-from")
                 v3.VTextField(label="to", v_model=("sam_range_to",), type="number", density="compact",

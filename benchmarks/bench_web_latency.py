@@ -127,6 +127,8 @@ def main() -> int:
                     f"() => window.trame.state.get('sam_stats').counters.previews > {before}", polling=5,
                     timeout=120000)
                 t_state = time.perf_counter() - t0
+                if web.stats()["preview"]["voxels"] == 0:
+                    return t_state, None  # an empty prediction: nothing becomes visible
                 page.wait_for_function(f"(img) => ({YELLOW_JS})(img) > 20", arg=img_handle, polling="raf",
                                        timeout=120000)
                 return t_state, time.perf_counter() - t0
@@ -134,6 +136,7 @@ def main() -> int:
             def clear_slice():
                 web.focus_view("Red")
                 page.keyboard.press("Delete")
+                web.wait("Object.keys(s.prompts).length === 0 && s.preview.voxels === 0", timeout_s=60)
                 page.wait_for_function(f"(img) => ({YELLOW_JS})(img) === 0", arg=img_handle, polling="raf",
                                        timeout=60000)
 
@@ -145,7 +148,8 @@ def main() -> int:
             for n in picks[1:]:
                 s, v = click_and_time(is_[n], js[n])
                 states.append(s)
-                visibles.append(v)
+                if v is not None:
+                    visibles.append(v)
                 clear_slice()
             stats = web.stats()
             context.close()
@@ -178,7 +182,10 @@ def main() -> int:
     for name, values in rows:
         print(f"{name:34} {percentile(values, 50):7.3f} {percentile(values, 95):7.3f} "
               f"{statistics.fmean(values):7.3f} {percentile(values, 50) / base:13.1f}")
-    print(f"first click on the slice: state {first_state:.3f} s, visible {first_visible:.3f} s")
+    first = f"{first_visible:.3f} s" if first_visible is not None else "n/a (empty prediction)"
+    print(f"first click on the slice: state {first_state:.3f} s, visible {first}")
+    if len(visibles) < len(states):
+        print(f"{len(states) - len(visibles)} click(s) predicted an empty mask (no visible preview to time)")
     print(json.dumps({"previews": stats["counters"]["previews"], "layout": args.layout or "Axial Primary"}))
     return 0
 
