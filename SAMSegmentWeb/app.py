@@ -290,8 +290,9 @@ def _exit_when_stdin_closes() -> None:
     """The launcher keeps our stdin open; when it goes away (even killed), this session ends."""
 
     def watch():
-        with contextlib.suppress(Exception):
-            sys.stdin.buffer.read()
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):  # the raw descriptor: a buffered reader's lock would block interpreter exit
+                pass
         os._exit(0)
 
     threading.Thread(target=watch, name="stdin-watch", daemon=True).start()

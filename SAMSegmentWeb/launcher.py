@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import ClientSession, WSMsgType, web
+from aiohttp import ClientError, ClientSession, WSMsgType, web
 
 from . import ROOT
 
@@ -72,15 +72,17 @@ class Launcher:
     """The HTTP front: session processes, the proxy, and their life cycle."""
 
     def __init__(self, session_args: list[str], max_sessions: int = 4, spare: int = 1, start_timeout_s: float = 180,
-                 log_dir: str | Path | None = None, python: str = sys.executable, claim_timeout_s: float = 120) -> None:
+                 log_dir: str | Path | None = None, session_command: list[str] | None = None,
+                 claim_timeout_s: float = 120) -> None:
         self.session_args = list(session_args)
+        # the session program; it gets --host, --port, --timeout 0 and --watch-stdin, prints READY_LINE when it listens
+        self.session_command = list(session_command or [sys.executable, "-m", "SAMSegmentWeb.app"])
         self.max_sessions = max(1, int(max_sessions))
         self.spare = max(0, int(spare))
         self.start_timeout_s = float(start_timeout_s)
         self.claim_timeout_s = float(claim_timeout_s)  # a handed-out session whose browser never connects ends
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="samsegment-web-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.python = python
         self.sessions: dict[str, Session] = {}
         self._starting = 0  # spawns not yet registered in self.sessions
         self._spares: list[asyncio.Task] = []
@@ -115,8 +117,8 @@ class Launcher:
         sid = secrets.token_hex(8)
         port = free_port()
         log_path = self.log_dir / f"session-{sid}.log"
-        cmd = [self.python, "-m", "SAMSegmentWeb.app", "--host", "127.0.0.1", "--port", str(port), "--timeout", "0",
-               "--watch-stdin", *self.session_args]
+        cmd = [*self.session_command, "--host", "127.0.0.1", "--port", str(port), "--timeout", "0", "--watch-stdin",
+               *self.session_args]
         env = dict(os.environ)
         env.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # no X server: skip VTK's X attempt
         with open(log_path, "ab") as err:
@@ -216,15 +218,20 @@ class Launcher:
         if tail == "ws" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._relay(request, session)
         url = f"http://127.0.0.1:{session.port}/{tail or 'index.html'}"
-        async with self._http.request(request.method, url, params=request.query, data=await request.read(),
-                                      allow_redirects=False) as upstream:
-            body = await upstream.read()
-            headers = {k: v for k, v in upstream.headers.items() if k in STATIC_HEADERS}
-            location = upstream.headers.get("Location")
-            if location:  # keep redirects inside the session's prefix
-                headers["Location"] = f"/s/{session.sid}/{location.lstrip('/')}" if location.startswith("/") \
-                    else location
-            return web.Response(status=upstream.status, body=body, headers=headers)
+        try:
+            async with self._http.request(request.method, url, params=request.query, data=await request.read(),
+                                          allow_redirects=False) as upstream:
+                body = await upstream.read()
+                headers = {k: v for k, v in upstream.headers.items() if k in STATIC_HEADERS}
+                location = upstream.headers.get("Location")
+                if location:  # keep redirects inside the session's prefix
+                    headers["Location"] = f"/s/{session.sid}/{location.lstrip('/')}" if location.startswith("/") \
+                        else location
+                return web.Response(status=upstream.status, body=body, headers=headers)
+        except ClientError as exc:  # the session is ending (its tab closed) or has died
+            log.info("session %s: %s %s failed: %s", session.sid, request.method, tail, exc)
+            raise web.HTTPBadGateway(text="This SAMSegment session is not answering (it may have ended): open the "
+                                     "start page again for a new one.") from exc
 
     async def _relay(self, request: web.Request, session: Session) -> web.WebSocketResponse:
         browser = web.WebSocketResponse(max_msg_size=0, heartbeat=30)
