@@ -186,8 +186,8 @@ class SegmentAnythingTool:
         self._gestures.pop(port.name, None)
 
     def activate(self) -> None:
-        log.debug("activate")
         self.status.active = True
+        self.status.error = False
         self._strokes.clear()
         if self.ensure_volume(quiet=True):
             self.ensure_model()
@@ -397,8 +397,6 @@ class SegmentAnythingTool:
                      ctrl: bool = False, alt: bool = False) -> bool:
         """One view event: ``kind`` is press / move / release / double / key_press / key_release; ``xy`` in view
         pixels. Returns True when the effect consumed it."""
-        if kind in ("key_press", "key_release"):
-            log.debug("key event %s %r in %s", kind, key, port.name)
         if not self.wants(port, kind, key, ctrl, alt):
             return False
         tracker = self._gestures.setdefault(port.name, GestureTracker())
@@ -424,7 +422,7 @@ class SegmentAnythingTool:
             strokes.release(key)
             return True
         action = strokes.press(key)
-        log.debug("key %r in %s -> %s", key, port.name, action)
+        log.debug("key %s %r in %s -> %s", kind, key, port.name, action)
         if action is not None:
             self.counters.key_actions.append(action)
             self.on_action(port, action)

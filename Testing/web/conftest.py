@@ -21,6 +21,9 @@ import pytest
 from webpage import WebSession
 
 ROOT = Path(__file__).resolve().parents[2]
+for _path in (ROOT, ROOT / "SAMSegment"):  # SAMSegmentWeb, and SAMSegmentEffectLib in the Slicer module folder
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 CHROMIUM = os.environ.get("SAMSEGMENT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
