@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,24 @@ async def serve(launcher: Launcher):
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     return runner, f"http://127.0.0.1:{port}"
+
+
+def run_in_own_loop(scenario) -> None:
+    """asyncio.run on a thread of its own (a session-wide Playwright keeps an event loop in this thread)."""
+    errors = []
+
+    def target():
+        try:
+            asyncio.run(scenario())
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the launcher scenario did not finish within 120 s"
+    if errors:
+        raise errors[0]
 
 
 async def alive_processes(launcher):
@@ -71,7 +90,7 @@ def test_each_tab_gets_its_own_session_process_and_the_limit_holds(tmp_path):
             for process in processes:
                 assert process.returncode is not None  # the launcher stopped every session on the way out
 
-    asyncio.run(scenario())
+    run_in_own_loop(scenario)
 
 
 def test_a_spare_session_is_started_ahead(tmp_path):
@@ -94,4 +113,4 @@ def test_a_spare_session_is_started_ahead(tmp_path):
         finally:
             await runner.cleanup()
 
-    asyncio.run(scenario())
+    run_in_own_loop(scenario)

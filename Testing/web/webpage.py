@@ -4,6 +4,7 @@ hooks). View pixels are VTK display coordinates (origin bottom left), page coord
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +36,21 @@ class WebSession:
         return path.read_text(errors="replace") if path.is_file() else ""
 
     # geometry
-    def view_box(self, name: str = "Red") -> dict:
-        """Page box of a slice view's image (matched by the view's render size)."""
-        w, h = self.stats()["views"][name]["size"]
-        boxes = self.page.evaluate(
-            "() => Array.from(document.querySelectorAll('img.image-display-area')).map(e => {"
-            " const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; })")
-        for box in boxes:
-            if abs(box["width"] - w) < 2 and abs(box["height"] - h) < 2:
-                return box
-        raise AssertionError(f"no view image of {w} x {h} px on the page: {boxes}")
+    def view_box(self, name: str = "Red", timeout_s: float = 60) -> dict:
+        """Page box of a slice view's image (matched by the view's render size; waits for its first frame, before
+        which the image has no size)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            w, h = self.stats()["views"][name]["size"]
+            boxes = self.page.evaluate(
+                "() => Array.from(document.querySelectorAll('img.image-display-area')).map(e => {"
+                " const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; })")
+            for box in boxes:
+                if abs(box["width"] - w) < 2 and abs(box["height"] - h) < 2:
+                    return box
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no view image of {w} x {h} px on the page: {boxes}")
+            self.page.wait_for_timeout(200)
 
     def page_xy(self, ijk_to_ras: np.ndarray, ijk, name: str = "Red") -> tuple[float, float]:
         """Page coordinates of voxel ``ijk`` (continuous (i, j, k)) in view ``name``."""
