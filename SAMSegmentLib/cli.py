@@ -1,4 +1,4 @@
-"""The ``samsegment`` command line: segment, models, evaluate, demo.
+"""The ``samsegment`` command line: segment, models, evaluate, demo, web.
 
 Exit codes: 0 success, 2 bad input (one-line reason on stderr, never a traceback), 1 other failures,
 130 cancelled with Ctrl+C.
@@ -173,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="intensity window (default ct-lung)")
     _add_progress_args(demo)
     _add_model_args(demo)
+
+    web = sub.add_parser("web", help="the Segment Anything effect in a web browser (trame-slicer)",
+                         description="Serve the Segment Anything effect in a web page: Slicer's views and segment "
+                         "editor (trame-slicer) with click / box prompts, preview, apply with undo and propagation. "
+                         "Each browser tab gets its own session; models run on this server.")
+    web.add_argument("volumes", nargs="*", metavar="VOLUME", help="volume files to open in each session")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    web.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    web.add_argument("--model", default="litemedsam", help="initial model (default litemedsam); only models "
+                     "provisioned on this server are offered (see 'samsegment models')")
+    web.add_argument("--device", default="auto", help="cuda, mps, cpu or auto")
+    web.add_argument("--demo", action="store_true", help="also open the demo chest CT that ships with slicerio")
+    web.add_argument("--max-sessions", type=int, default=4, help="browser sessions at once (default 4)")
+    web.add_argument("--spare", type=int, default=1, help="sessions started ahead of time (default 1)")
+    web.add_argument("--layout", default=None, help="initial view layout, e.g. 'Axial Only' (default: Axial Primary)")
+    web.add_argument("--volume-rendering", action="store_true",
+                     help="volume rendering in the 3D view (off by default: slow without a GPU)")
+    web.add_argument("--log-dir", default=None, help="folder for the session logs (default: a temporary folder)")
+    web.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -404,6 +423,41 @@ def cmd_demo(args) -> int:
     return main_demo(args)
 
 
+def cmd_web(args) -> int:
+    """``samsegment web``: the trame-slicer front end in SAMSegmentWeb/ (a source checkout; the 'web' extra)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "SAMSegmentWeb" / "launcher.py").is_file():
+        raise CliError("the web front end runs from a source checkout of SAMSegment (SAMSegmentWeb/ next to "
+                       "SAMSegmentLib/): clone the repository and run ./dev web")
+    missing = [m for m in ("trame_slicer", "slicer", "aiohttp") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(f"the web front end needs {', '.join(missing)}: pip install -e '.[web]' in the checkout")
+    volumes = [str(Path(v).expanduser().resolve()) for v in args.volumes]
+    for volume in volumes:
+        if not Path(volume).is_file():
+            raise CliError(f"volume file not found: {volume}")
+    if args.demo:
+        from .demo import demo_data_paths
+
+        volumes.append(str(demo_data_paths()[0]))
+    session_args = ["--model", args.model, "--device", args.device, *volumes]
+    if args.layout:
+        session_args += ["--layout", args.layout]
+    if args.volume_rendering:
+        session_args.append("--volume-rendering")
+    if args.test_hooks:
+        session_args.append("--test-hooks")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from SAMSegmentWeb.launcher import run
+
+    return run(session_args, host=args.host, port=args.port, max_sessions=args.max_sessions, spare=args.spare,
+               model=args.model, device=args.device,
+               log_dir=args.log_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -415,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     handlers = {"segment": cmd_segment, "models": cmd_models, "evaluate": cmd_evaluate, "demo": cmd_demo,
-                "serve": cmd_serve}
+                "serve": cmd_serve, "web": cmd_web}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

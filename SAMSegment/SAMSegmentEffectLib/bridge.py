@@ -619,6 +619,7 @@ class PreviewLayer:
         # update its observers (vtkSegmentation::OnSegmentModified), so that an in-place change (image.Modified())
         # reaches the segmentation node and the views as SourceRepresentationModified.
         segment.Modified()
+        self._segment = segment
         self.node = node
 
     @property
@@ -669,7 +670,18 @@ class PreviewLayer:
             display.SetVisibility(bool(visible))
 
     def _modified(self) -> None:
+        """Announce an in-place change of the labelmap's voxels.
+
+        ``image.Modified()`` invalidates the segmentation's derived representations (SourceRepresentationModified:
+        the 3D surface is rebuilt), but the 2D segmentation displayable manager does not observe that event and
+        reslices a shallow copy taken at its last update, so slice views kept showing the old voxels (measured: 0
+        preview pixels after set_slice). A segment Modified event (SegmentModified, observed by the 2D and 3D
+        displayable managers) refreshes their pipelines and requests a render: the idiom slicer.util documents for
+        in-place edits of a segment's labelmap (arrayFromSegmentInternalBinaryLabelmap), narrower than
+        ``node.Modified()``, which notifies every observer of the node.
+        """
         self._image.Modified()
+        self._segment.Modified()
 
     def remove(self) -> None:
         if self.node is not None and self.node.GetScene() is not None:
