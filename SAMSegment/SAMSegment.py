@@ -189,7 +189,8 @@ class SAMSegmentLogic(ScriptedLoadableModuleLogic):
     def status(self, modelName: str):
         from SAMSegmentEffectLib.controller import model_status
 
-        return model_status(modelName)
+        return model_status(modelName, backend=SAMSegmentSettings.get("Backend"),
+                            device=SAMSegmentSettings.get("Device"))
 
     @property
     def preparing(self) -> bool:

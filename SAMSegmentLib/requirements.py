@@ -27,7 +27,9 @@ except ImportError:  # a Python without the packaging distribution (older Slicer
     from pip._vendor.packaging.version import InvalidVersion, Version
 
 __all__ = [
+    "BACKEND_REQUIREMENTS",
     "COMMON_REQUIREMENTS",
+    "backend_requirements",
     "FAMILY_REQUIREMENTS",
     "Unmet",
     "family_requirements",
@@ -129,6 +131,21 @@ def unmet_requirements(requirements: Iterable[str]) -> list[Unmet]:
     return out
 
 
-def unmet_for_family(family: str, include_torch: bool = True) -> list[Unmet]:
-    """What ``family`` still needs here (torch first, when included and unmet); empty when it can run."""
-    return unmet_requirements(family_requirements(family, include_torch))
+# Optional runtimes: the OpenVINO backend (models on the CPU about 2-3x faster than torch, measured in
+# benchmarks/bench_engine.py); without it everything runs on torch.
+BACKEND_REQUIREMENTS: dict[str, tuple[str, ...]] = {"openvino": ("openvino>=2024.4",)}
+
+
+def backend_requirements(backend: str = "auto", device: str = "auto") -> list[str]:
+    """Packages a backend setting asks for: OpenVINO when chosen, or with ``auto`` unless the device is a GPU
+    (``auto`` on a CPU-only machine uses it; on CUDA and MPS torch runs the models anyway)."""
+    if backend == "openvino" or (backend == "auto" and device not in ("cuda", "mps")):
+        return list(BACKEND_REQUIREMENTS["openvino"])
+    return []
+
+
+def unmet_for_family(family: str, include_torch: bool = True, backend: str = "torch",
+                     device: str = "auto") -> list[Unmet]:
+    """What ``family`` still needs here (torch first, when included and unmet), with the packages of ``backend``
+    (see backend_requirements); empty when it can run."""
+    return unmet_requirements(family_requirements(family, include_torch) + backend_requirements(backend, device))

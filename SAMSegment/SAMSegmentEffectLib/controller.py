@@ -56,12 +56,12 @@ def module_available(name: str) -> bool:
         return False
 
 
-def unmet_requirements(family: str):
-    """Requirements of ``family`` (with the engine's own, and torch) that this Python does not meet, versions
-    compared (SAMSegmentLib.requirements)."""
+def unmet_requirements(family: str, backend: str = "torch", device: str = "auto"):
+    """Requirements of ``family`` (with the engine's own, torch, and the backend's) that this Python does not meet,
+    versions compared (SAMSegmentLib.requirements)."""
     from SAMSegmentLib.requirements import unmet_for_family
 
-    return unmet_for_family(family, include_torch=True)
+    return unmet_for_family(family, include_torch=True, backend=backend, device=device)
 
 
 def models() -> dict[str, Any]:
@@ -98,10 +98,11 @@ class ModelStatus:
         return f"{self.name} (needs {what})"
 
 
-def model_status(name: str, cache_dir=None) -> ModelStatus:
-    """What model ``name`` needs before it can run (cheap: no torch import, no hashing)."""
+def model_status(name: str, cache_dir=None, backend: str = "torch", device: str = "auto") -> ModelStatus:
+    """What model ``name`` needs before it can run with ``backend`` on ``device`` (cheap: no torch import, no
+    hashing). Slicer passes its settings, so that OpenVINO is offered on CPU machines."""
     spec = registry.get_spec(name)
-    unmet = unmet_requirements(spec.family)
+    unmet = unmet_requirements(spec.family, backend, device)
     needs_torch = any(u.name == "torch" for u in unmet)
     missing = tuple(u.requirement for u in unmet if u.name != "torch")
     if needs_torch:

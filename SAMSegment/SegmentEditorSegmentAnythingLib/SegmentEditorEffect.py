@@ -278,6 +278,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.setParameter("RangeTo", self.rangeTo.value)
         self.rangeFrom.enabled = self.rangeTo.enabled = not self.wholeRangeCheck.checked
 
+    def modelStatus(self, name):
+        return model_status(name, backend=self.settings.get("Backend"), device=self.settings.get("Device"))
+
     def refreshModelCombo(self):
         current = self.settings.get("Model")
         self.modelCombo.clear()
@@ -287,7 +290,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.setStatus(f"Cannot list the models: {exc}", error=True)
             return
         for name in names:
-            self.modelCombo.addItem(model_status(name).label, name)
+            self.modelCombo.addItem(self.modelStatus(name).label, name)
         self.modelCombo.setCurrentIndex(max(0, self.modelCombo.findData(current)))
 
     def updateButtons(self):
@@ -375,7 +378,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.setStatus("Installing what the model needs; wait for it to finish.")
             return False
         name = self.settings.get("Model")
-        if model_status(name).state != "ready":
+        if self.modelStatus(name).state != "ready":
             self.setStatus(f"Preparing {name}...")
             if not logic.prepareModel(name, slicer.util.mainWindow()):
                 self.setStatus(f"{name} is not ready: choose another model or install what it needs.", error=True)

@@ -91,3 +91,13 @@ def test_pyproject_declares_the_same_bounds():
         (req,) = map(Requirement, FAMILY_REQUIREMENTS[family])
         assert by_name(extras[family])[req.name].specifier == req.specifier
         assert by_name(extras["test"])[req.name].specifier == req.specifier
+
+
+def test_openvino_is_asked_for_on_cpu_machines_only():
+    from SAMSegmentLib.requirements import backend_requirements
+
+    assert backend_requirements("openvino", "cuda") == ["openvino>=2024.4"]  # chosen explicitly
+    assert backend_requirements("auto", "auto") == ["openvino>=2024.4"]  # auto on a machine that may have no GPU
+    assert backend_requirements("auto", "cpu") == ["openvino>=2024.4"]
+    assert backend_requirements("auto", "cuda") == [] and backend_requirements("auto", "mps") == []
+    assert backend_requirements("torch", "cpu") == []

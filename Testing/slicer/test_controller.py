@@ -243,11 +243,11 @@ def test_model_status_states(monkeypatch, tmp_path):
     spec = models()["sam_vit_b"]
     (tmp_path / spec.filename).write_bytes(b"x" * 10)  # wrong size: not usable
     assert model_status("sam_vit_b").state == "download"
-    monkeypatch.setattr(C, "unmet_requirements", lambda family: [Unmet("sam2>=1.1.0,<1.2", "1.0")])
+    monkeypatch.setattr(C, "unmet_requirements", lambda family, backend="torch", device="auto": [Unmet("sam2>=1.1.0,<1.2", "1.0")])
     status = model_status("sam2.1_hiera_tiny")
     assert status.state == "needs-package" and status.packages == ("sam2>=1.1.0,<1.2",) and not status.needs_torch
     assert status.label == "sam2.1_hiera_tiny (needs sam2)" and "sam2 1.0 is installed" in status.detail
-    monkeypatch.setattr(C, "unmet_requirements", lambda family: [Unmet("torch>=2.1", None),
+    monkeypatch.setattr(C, "unmet_requirements", lambda family, backend="torch", device="auto": [Unmet("torch>=2.1", None),
                                                                  Unmet("segment-anything>=1.0", None)])
     status = model_status("medsam_vit_b")
     assert status.needs_torch and status.packages == ("segment-anything>=1.0",)
@@ -275,7 +275,7 @@ def test_slicer_layer_imports_without_torch(tmp_path):
         import SAMSegmentEffectLib.controller, SAMSegmentEffectLib.interaction, SAMSegmentEffectLib.bridge
         import SAMSegmentEffectLib.controller as C
         from SAMSegmentLib.requirements import Unmet
-        C.unmet_requirements = lambda family: [Unmet("torch>=2.1", None)]
+        C.unmet_requirements = lambda *args: [Unmet("torch>=2.1", None)]
         names = list(C.models())
         status = C.model_status("litemedsam")
         assert "litemedsam" in names and status.needs_torch, status
