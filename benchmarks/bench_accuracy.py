@@ -1,5 +1,5 @@
 """Accuracy benchmark: the shared cases of ../shared/data (Testing/engine/cases.py) under each evaluation protocol,
-with the real LiteMedSAM weights on the CLI's default precision (bf16 autocast on CPU).
+with the real LiteMedSAM weights on the CLI's defaults (backend auto, precision auto: OpenVINO fp32 on the CPU).
 
 For each case and protocol: Dice (box-per-slice, one-box, box3d) and, for click protocols, DSC_AUC, final Dice and
 NSD (2 mm, area-weighted), the Dice after each click, and the change of Dice on each clicked slice (the slice the
@@ -92,10 +92,11 @@ def main() -> int:
     parser.add_argument("--window", default="fit")
     parser.add_argument("--embedding-cache", default=None, type=Path)
     parser.add_argument("--json", default=None, type=Path)
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = parser.parse_args()
-    model = load_model("litemedsam", device="cpu")
-    if model.device.type == "cpu":
-        model.autocast_dtype = torch.bfloat16
+    model = load_model("litemedsam", device="cpu", backend=args.backend, precision=args.precision)
+    print(f"LiteMedSAM on the CPU, backend {model.backend}, precision {model.precision}")
     if args.embedding_cache:
         model = DiskCachedModel(model, args.embedding_cache)
     results: dict = {}

@@ -10,8 +10,9 @@ and :func:`resolve_precision`:
   the CPU without openvino);
 - precision ``auto``: the fastest one whose Dice stayed within 0.005 of torch fp32 on every shared case and
   protocol (benchmarks/bench_engine.py --dice): fp32 (:data:`AUTO_PRECISION`). bf16 (OpenVINO's bf16 inference hint,
-  torch's bf16 autocast) is 2.2x (OpenVINO) / 1.6x (torch) faster per embedding but moved the one-box propagation of
-  brain1 by -0.015 / -0.008 (a chain stopping one slice earlier or later): ask for it with ``precision="bf16"``.
+  torch's bf16 autocast) is 2.4x (OpenVINO) / 1.3x (torch) faster per embedding and stayed within 0.005 of fp32
+  except the one-box propagation of brain1 (0.618 -> 0.725 with OpenVINO bf16: the chain ends one slice later, by
+  chance): ask for it with ``precision="bf16"``.
 
 Exports live in the weights cache (``<weights_dir>/openvino``), keyed by the weights' SHA-256, the torch and
 openvino versions and the graph version; see export_cache.py for how they are built and verified.
