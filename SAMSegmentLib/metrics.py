@@ -208,16 +208,17 @@ def _directed_percentile(distances: np.ndarray, areas: np.ndarray, percent: floa
     return float(d[min(idx, d.size - 1)])
 
 
+def _surface_dice(sd: SurfaceDistances, tolerance_mm: float) -> float:
+    """Area-weighted share of both surfaces within ``tolerance_mm`` of the other (1 without any surface)."""
+    total = float(sd.areas_a.sum() + sd.areas_b.sum())
+    within = sd.areas_a[_within(sd.a_to_b, tolerance_mm)].sum() + sd.areas_b[_within(sd.b_to_a, tolerance_mm)].sum()
+    return float(within) / total if total > 0 else 1.0
+
+
 def _from_distances(sd: SurfaceDistances) -> tuple[float, float, float]:
     """(NSD 1 mm, NSD 2 mm, HD95) from surfel distances."""
-    total = float(sd.areas_a.sum() + sd.areas_b.sum())
-
-    def nsd(tol: float) -> float:
-        within = sd.areas_a[_within(sd.a_to_b, tol)].sum() + sd.areas_b[_within(sd.b_to_a, tol)].sum()
-        return float(within) / total if total > 0 else 1.0
-
     hd = max(_directed_percentile(sd.a_to_b, sd.areas_a, 95.0), _directed_percentile(sd.b_to_a, sd.areas_b, 95.0))
-    return nsd(1.0), nsd(2.0), hd
+    return _surface_dice(sd, 1.0), _surface_dice(sd, 2.0), hd
 
 
 def normalized_surface_dice(a: np.ndarray, b: np.ndarray, tolerance_mm: float,
@@ -228,9 +229,7 @@ def normalized_surface_dice(a: np.ndarray, b: np.ndarray, tolerance_mm: float,
         return 1.0
     if not a.any() or not b.any():
         return 0.0
-    sd = surface_distances(a, b, sp)
-    within = sd.areas_a[_within(sd.a_to_b, tolerance_mm)].sum() + sd.areas_b[_within(sd.b_to_a, tolerance_mm)].sum()
-    return float(within) / float(sd.areas_a.sum() + sd.areas_b.sum())
+    return _surface_dice(surface_distances(a, b, sp), tolerance_mm)
 
 
 def hd95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None) -> float:

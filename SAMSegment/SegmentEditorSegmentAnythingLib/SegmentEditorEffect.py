@@ -607,6 +607,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         """The selected segment on a slice when Refine is on and it covers the slice, else None."""
         if self.scriptedEffect.integerParameter("Refine") == 0:
             return None
+        return self.selectedSegmentSlice(axis, index)
+
+    def selectedSegmentSlice(self, axis, index):
+        """The selected segment's mask on a slice of the source volume's grid, or None when empty or unreadable."""
         parameterNode = self.scriptedEffect.parameterSetNode()
         segmentId = parameterNode.GetSelectedSegmentID()
         if not segmentId:
@@ -624,15 +628,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             mask = dict(((a, i), m) for a, i, m in self.previewLayer.slices())[(axis, index)]
             if mask.any():
                 return mask
-        parameterNode = self.scriptedEffect.parameterSetNode()
-        segmentId = parameterNode.GetSelectedSegmentID()
-        if not segmentId:
-            return None
-        try:
-            mask = read_segment_slice(parameterNode.GetSegmentationNode(), segmentId, self.geometry, axis, index)
-        except BridgeError:
-            return None
-        return mask if mask.any() else None
+        return self.selectedSegmentSlice(axis, index)
 
     def requestPreview(self, axis, index):
         self.syncSettings()
