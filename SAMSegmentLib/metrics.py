@@ -221,14 +221,17 @@ def _from_distances(sd: SurfaceDistances) -> tuple[float, float, float]:
     return _surface_dice(sd, 1.0), _surface_dice(sd, 2.0), hd
 
 
+def _empty_surface_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Surface Dice when a mask is empty: 1 when both are (nothing to disagree on), 0 when exactly one is."""
+    return 1.0 if not a.any() and not b.any() else 0.0
+
+
 def normalized_surface_dice(a: np.ndarray, b: np.ndarray, tolerance_mm: float,
                             spacing: Sequence[float] | None = None) -> float:
     """Area-weighted surface Dice at ``tolerance_mm``; 1 when both masks are empty, 0 when exactly one is."""
     a, b, sp = _check(a, b, spacing)
-    if not a.any() and not b.any():
-        return 1.0
-    if not a.any() or not b.any():
-        return 0.0
+    if not (a.any() and b.any()):
+        return _empty_surface_dice(a, b)
     return _surface_dice(surface_distances(a, b, sp), tolerance_mm)
 
 
@@ -246,10 +249,8 @@ def boundary_voxel_nsd(a: np.ndarray, b: np.ndarray, tolerance_mm: float,
                        spacing: Sequence[float] | None = None) -> float:
     """Surface Dice counting boundary voxels (MONAI's default convention); an extra, see the module docstring."""
     a, b, sp = _check(a, b, spacing)
-    if not a.any() and not b.any():
-        return 1.0
-    if not a.any() or not b.any():
-        return 0.0
+    if not (a.any() and b.any()):
+        return _empty_surface_dice(a, b)
     box = _bounding_slices(a | b)
     sa, sb = surface(a)[box], surface(b)[box]
     dab, dba = distance_to(sb, sp)[sa], distance_to(sa, sp)[sb]
