@@ -1,6 +1,7 @@
 """Jobs: a unit of engine work with progress, cancel and streamed results (the engine core runs them on its threads).
 
-No Qt, no MRML: callers drain ``Job.drain()`` or pass an event callback, which runs on the job's thread.
+No Qt, no MRML: callers either drain ``Job.drain()`` or pass an event callback, which runs on the job's thread; a job
+with a callback keeps no events of its own (a propagation's masks would otherwise stay in memory after it ended).
 
 A job function has the signature ``fn(ctx: JobContext, *args, **kwargs)``; it reports with ``ctx.progress(done,
 total)``, streams partial results with ``ctx.emit(item)`` and must call ``ctx.check_cancel()`` (or read
@@ -76,8 +77,9 @@ class Job:
     def _push(self, event: JobEvent) -> None:
         if event.kind == "progress":
             self.progress = event.value
-        self._events.put(event)
-        if self._on_event is not None:
+        if self._on_event is None:
+            self._events.put(event)
+        else:
             try:
                 self._on_event(event)
             except Exception:  # a broken callback must not kill the worker
@@ -95,7 +97,8 @@ class Job:
         return self._finished.wait(timeout)
 
     def drain(self) -> list[JobEvent]:
-        """All events reported since the last drain, in order (non-blocking)."""
+        """All events reported since the last drain, in order (non-blocking); always empty for a job with a
+        callback (the callback got them)."""
         out = []
         while True:
             try:

@@ -24,6 +24,7 @@ box corners are inclusive; point label 1 includes, 0 excludes; entries on the sa
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,6 @@ def _as_int(value, what: str) -> int:
         f = float(value)
     except (TypeError, ValueError):
         raise PromptError(f"{what} must be a slice index, not {value!r}") from None
-    if f != int(f):
+    if not math.isfinite(f) or f != int(f):  # JSON allows NaN and Infinity
         raise PromptError(f"{what} must be a whole slice index, not {value!r}")
     return int(f)

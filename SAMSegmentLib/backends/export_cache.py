@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-_CHUNK = 1 << 20
 _STALE_TMP_S = 3600.0  # temporary build folders older than this are left-overs of dead builds
 
 
@@ -46,11 +45,8 @@ def key_digest(key: Mapping[str, Any]) -> str:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _describe(folder: Path) -> dict[str, dict[str, Any]]:

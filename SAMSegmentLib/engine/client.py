@@ -170,6 +170,7 @@ class _Volume:
     def _copy_steps(self) -> Iterator[None]:
         """Copy the array into a file of the shared folder, COPY_STEP_BYTES per step."""
         folder = self.engine.shared_dir
+        self._remove_file()  # a resend (the engine restarted) writes a new file: the old copy goes
         handle = tempfile.NamedTemporaryFile(dir=folder, prefix="volume-", suffix=".raw", delete=False)
         handle.close()
         self.path = Path(handle.name)
@@ -229,19 +230,24 @@ class _Volume:
     def discard(self) -> None:
         if self.vid is not None and self.state == "ready":
             self.engine._send("DELETE", f"/v1/volumes/{self.vid}", None, lambda r, e: None)
+        self._remove_file()
+
+    def _remove_file(self) -> None:
         if self.path is not None:
             try:
                 self.path.unlink()
             except OSError:
                 pass
+            self.path = None
 
 
 class RemoteSession(EngineSession):
     """A session in a remote engine. Requests made while it opens wait; an expired session reopens once."""
 
-    def __init__(self, engine: RemoteEngine, volume: _Volume, spec: SessionSpec) -> None:
+    def __init__(self, engine: RemoteEngine, volume: _Volume, spec: SessionSpec, owns_volume: bool = False) -> None:
         self.engine = engine
         self.volume = volume
+        self.owns_volume = owns_volume  # opened without a volume key: no other session shares it
         self.spec = spec
         self.sid: str | None = None
         self.window: tuple[float, float, str] | None = None
@@ -366,7 +372,8 @@ class RemoteSession(EngineSession):
                     else:
                         request._fail(err)
 
-            self.engine._send("POST", f"/v1/sessions/{self.sid}/preview", wire.pack(header, blobs), done)
+            self.engine._send("POST", f"/v1/sessions/{self.sid}/preview", wire.pack(header, blobs), done,
+                              skip=lambda: request.cancel_requested)
 
         return self._call("preview", send)
 
@@ -464,11 +471,15 @@ class RemoteSession(EngineSession):
                           content_type="application/json")
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         if self.state == "ready" and self.sid is not None:
             sid, self.sid = self.sid, None
             self.state = "closed"
             self.engine._send("DELETE", f"/v1/sessions/{sid}", None, lambda r, e: None)
+        if self.owns_volume:
+            self.volume.discard()
 
 
 class RemoteEngine(Engine):
@@ -526,11 +537,14 @@ class RemoteEngine(Engine):
 
     def open_session(self, array_kji: np.ndarray, ijk_to_ras: np.ndarray, spec: SessionSpec,
                      volume_key: Any = None) -> RemoteSession:
-        key = volume_key if volume_key is not None else object()
-        volume = self._volumes.get(key)
-        if volume is None or volume.state == "error":
-            volume = self._volumes[key] = _Volume(self, array_kji, ijk_to_ras)
-        session = RemoteSession(self, volume, spec)
+        self._sessions = [s for s in self._sessions if not s._closed]
+        if volume_key is None:  # the session's own volume: discarded when the session closes
+            session = RemoteSession(self, _Volume(self, array_kji, ijk_to_ras), spec, owns_volume=True)
+        else:
+            volume = self._volumes.get(volume_key)
+            if volume is None or volume.state == "error":
+                volume = self._volumes[volume_key] = _Volume(self, array_kji, ijk_to_ras)
+            session = RemoteSession(self, volume, spec)
         self._sessions.append(session)
         return session
 
@@ -569,7 +583,10 @@ class RemoteEngine(Engine):
 
     def _send(self, method: str, path: str, body: bytes | Callable[[], Iterator[bytes]] | None,
               on_done: Callable[[_Reply | None, BaseException | None], None], content_type: str | None = None,
-              stream: bool = False, on_record: Callable[[dict, list[bytes]], None] | None = None) -> None:
+              stream: bool = False, on_record: Callable[[dict, list[bytes]], None] | None = None,
+              skip: Callable[[], bool] | None = None) -> None:
+        """Queue one exchange; ``on_done(reply, exc)`` runs once. ``skip`` is asked before it is sent: True drops it
+        unsent and calls ``on_done(None, None)`` (a cancelled preview must not cost the server a decode)."""
         headers = [("X-SAMSegment-Protocol", str(PROTOCOL_VERSION)), ("User-Agent", f"samsegment/{__version__}"),
                    ("X-SAMSegment-Affinity", self.affinity)]
         if self.token:
@@ -609,8 +626,12 @@ class RemoteEngine(Engine):
 
         def make() -> Exchange:
             payload = body() if callable(body) else body
-            return Exchange(method, self.base + path, headers, payload, on_response=reply.response, on_data=data,
-                            on_end=end, on_error=error)
+            exchange = Exchange(method, self.base + path, headers, payload, on_response=reply.response,
+                                on_data=data, on_end=end, on_error=error)
+            if skip is not None:
+                exchange.skip = skip
+                exchange.on_skip = lambda: (finished.__setitem__("done", True), on_done(None, None))
+            return exchange
 
         holder["exchange"] = make()
         self._queue.append(holder["exchange"])
@@ -623,6 +644,12 @@ class RemoteEngine(Engine):
             if conn.idle and conn.stale():
                 conn.close()
         self._connections = [c for c in self._connections if not c.closed]
+        if any(e.skip is not None for e in self._queue):
+            unsent = [e for e in self._queue if e.skip is not None and e.skip()]
+            for exchange in unsent:
+                self._queue.remove(exchange)
+                exchange.finished = True
+                exchange.on_skip()
         while self._queue:
             idle = next((c for c in self._connections if c.idle), None)
             if idle is None and len(self._connections) < self.max_connections:

@@ -48,6 +48,9 @@ class Exchange:
         self.finished = False
         self.abandoned = False  # the caller no longer wants the answer (the connection is closed instead)
         self.reused_connection = False  # sent on a connection that had carried earlier exchanges
+        # Asked just before sending: True drops the exchange unsent (on_skip runs instead), e.g. a cancelled preview
+        self.skip: Callable[[], bool] | None = None
+        self.on_skip: Callable[[], None] | None = None
 
     def _fail(self, exc: BaseException) -> None:
         if not self.finished:

@@ -258,6 +258,8 @@ def create_app(core: EngineCore, settings: ServerSettings | None = None) -> Star
         job_id = _job_id(data)
         job = core.prefetch(sid, axis, indices, owner, on_event=lambda e: _forget_when_done(e, sid, job_id))
         _remember(sid, job_id, job)
+        if job.done:  # it finished before it was remembered: its forget has already run
+            _forget(sid, job_id)
         return JSONResponse({"job": job_id}, status_code=202)
 
     async def propagate(request: Request, owner: str) -> Response:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics import dice
-from ..predictor import SlicePredictor, SliceResult, grow_box
+from ..predictor import BOX_MARGIN, SlicePredictor, SliceResult, grow_box
 from ..prompts import PromptError, SlicePrompt, box_from_mask
 from .plan import PropagationCancelled, PropagationResult, SliceOutcome, plan_chains
 
@@ -50,8 +50,8 @@ DEFAULT_CHAIN_CACHE_BYTES = 256 * 1024 * 1024
 class ChainParams:
     """Stop rule and prompt settings. Areas are voxel counts on the slice; ratios relative to the previous slice."""
 
-    box_margin_fraction: float = 0.05  # box grows by this fraction of its side ...
-    box_margin_min: float = 2.0  # ... and at least this many voxels
+    box_margin_fraction: float = BOX_MARGIN[0]  # box grows by this fraction of its side ...
+    box_margin_min: float = BOX_MARGIN[1]  # ... and at least this many voxels
     # Feed the previous slice's low-res logits as mask prompt. Off by default: with LiteMedSAM it helped brain1
     # (one-box Dice 0.75 vs 0.63) but anchored the liver to its larger upper extent (0.83 vs 0.91).
     use_mask_prompt: bool = False
@@ -231,7 +231,8 @@ class ChainPropagator:
         return chain
 
     def _resolve(self, axis: str, ctx: tuple, prompts: dict[int, SlicePrompt], direction: str, lo: int, hi: int,
-                 known: tuple[int, int] | None) -> tuple[dict[int, SlicePrompt], dict[int, tuple[int, ...]]]:
+                 known: tuple[int, int] | None, should_stop: Callable[[], bool]
+                 ) -> tuple[dict[int, SlicePrompt], dict[int, tuple[int, ...]]]:
         """Prompted slices with every points-only correction turned into a context prompt, and the directions
         corrected slices propagate in (see the module docstring). Corrections are resolved nearest-to-their-seed
         first, so a correction beyond another one takes its context from the corrected slice's chain."""
@@ -246,14 +247,15 @@ class ChainPropagator:
                         covered.append((abs(c - s), c, s, step))
             if covered:
                 _, c, s, step = min(covered)
-                context, last_mask = self._context_at(axis, ctx, fixed[s], s, step, c, known)
+                context, last_mask = self._context_at(axis, ctx, fixed[s], s, step, c, known, should_stop)
                 prompt = pending.pop(c)
                 if not context.any() and not (prompt.labels == 1).any():
                     log.info("exclude points on slice %d: the propagation left nothing there to remove", c)
                     continue
                 hint = None
                 if not context.any() and last_mask is not None:
-                    hint = grow_box(box_from_mask(last_mask), last_mask.shape)
+                    hint = grow_box(box_from_mask(last_mask), last_mask.shape, self.params.box_margin_fraction,
+                                    self.params.box_margin_min)
                 fixed[c] = SlicePrompt(points=prompt.points, labels=prompt.labels, box=hint, mask=context)
                 steps[c] = (step,)
                 continue
@@ -267,14 +269,20 @@ class ChainPropagator:
         return fixed, steps
 
     def _context_at(self, axis: str, ctx: tuple, seed_prompt: SlicePrompt, seed: int, step: int, index: int,
-                    known: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+                    known: tuple[int, int] | None, should_stop: Callable[[], bool]
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(the chain's mask on ``index``, the chain's last non-empty mask up to there or None), extending the
         (cached) chain from ``seed`` as far as needed."""
         seed_result, _ = self._seed_result(axis, ctx, seed, seed_prompt)
         chain = self._chain(ctx, seed, step, seed_prompt, known)
         distance = abs(index - seed)
         while len(chain.outcomes) < distance:
-            self._extend(axis, chain, chain.seed + chain.step * (len(chain.outcomes) + 1), seed_result, known)
+            if should_stop():
+                raise PropagationCancelled("propagation was cancelled")
+            index_next = chain.seed + chain.step * (len(chain.outcomes) + 1)
+            if not chain.ended:
+                self._computed.add(index_next)  # reported as recomputed when _run streams it
+            self._extend(axis, chain, index_next, seed_result, known)
         last = seed_result.mask if seed_result.mask.any() else None
         for outcome in chain.outcomes[:distance]:
             if outcome.mask.any():
@@ -307,10 +315,11 @@ class ChainPropagator:
             lo, hi = max(lo, known[0]), min(hi, known[1])
         ctx = self._context(axis)
         self._used: set = set()
+        self._computed: set[int] = set()  # slices the model ran for while resolving corrections
         try:
             if should_stop():
                 raise PropagationCancelled("propagation was cancelled")
-            seeds_prompts, steps = self._resolve(axis, ctx, prompts, direction, lo, hi, known)
+            seeds_prompts, steps = self._resolve(axis, ctx, prompts, direction, lo, hi, known, should_stop)
             return self._run(axis, ctx, seeds_prompts, steps, direction, lo, hi, known, on_slice, should_stop,
                              progress)
         finally:
@@ -361,7 +370,7 @@ class ChainPropagator:
                     continue
                 index = chain.seed + chain.step * distance
                 if distance <= len(chain.outcomes):
-                    report(chain.outcomes[distance - 1], False)
+                    report(chain.outcomes[distance - 1], index in self._computed)
                     continue
                 if should_stop():
                     raise PropagationCancelled("propagation was cancelled")

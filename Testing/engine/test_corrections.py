@@ -10,6 +10,7 @@ from test_chaining import blob_volume
 
 from SAMSegmentLib.prompts import PromptError, SlicePrompt, box_from_mask
 from SAMSegmentLib.propagation.chaining import ChainPropagator
+from SAMSegmentLib.propagation.plan import PropagationCancelled
 from SAMSegmentLib.request import SegmentationRequest, request_from_dict
 from SAMSegmentLib.session import SegmentationSession
 from SAMSegmentLib.windowing import Window
@@ -160,3 +161,26 @@ def test_chain_caches_stay_within_their_byte_budget():
     assert last.recomputed == []  # the latest chains are kept ...
     first = small.run("K", {9: SlicePrompt(box=box_from_mask(obj[9]))}, "both")
     assert first.recomputed  # ... the oldest were evicted
+
+
+def test_a_correction_on_a_fresh_session_counts_and_cancels_the_chain_it_needs():
+    """A points-only correction beyond the cache extends the seed's chain before the outward propagation: that work
+    is reported as recomputed and stops at Cancel like any other slice."""
+    volume, obj = blob_volume()
+    seed = {SEED: SlicePrompt(box=box_from_mask(obj[SEED]))}
+    ys, xs = np.nonzero(obj[19])
+    prompts = {**seed, 19: SlicePrompt(points=[[xs[0], ys[0]]], labels=[0])}
+    result = session_for(volume).propagate("K", prompts, "both")
+    assert {15, 16, 17, 18} <= set(result.recomputed)  # computed to find slice 19's context
+
+    session = session_for(volume)
+    model = session.model
+    calls = []
+
+    def stop_after_two_slices() -> bool:
+        calls.append(model.decode_calls)
+        return len(calls) > 3  # the entry check, then the seed's chain: two slices, then Cancel
+
+    with pytest.raises(PropagationCancelled):
+        session.propagate("K", prompts, "both", should_stop=stop_after_two_slices)
+    assert model.decode_calls < 10  # stopped inside the correction's chain, not after the whole propagation

@@ -328,6 +328,31 @@ def test_a_stopped_server_is_reported_in_one_sentence():
     engine.close()
 
 
+def test_cancelled_previews_that_were_not_sent_never_reach_the_model():
+    """The effect cancels a superseded preview of the same slice; one still queued in the client is dropped unsent."""
+    model = ThresholdModel()
+    core = EngineCore(model_loader=lambda spec: model)
+    with threaded_server(core, tokens=(TOKEN_A,)) as server:
+        array, _ = blob_volume()
+        engine = RemoteEngine(server.url, token=TOKEN_A, max_connections=1)
+        try:
+            session = engine.open_session(array, np.eye(4), SPEC)
+            session.preview("K", 10, BOX).wait(20)
+            before = model.decode_calls
+            first = session.preview("K", 10, SlicePrompt(box=[9, 12, 32, 36]))
+            superseded = [session.preview("K", 10, SlicePrompt(box=[8, 12, 32, 36 - n])) for n in range(1, 4)]
+            last = session.preview("K", 10, SlicePrompt(box=[8, 13, 32, 36]))
+            for request in superseded:
+                request.cancel()
+            assert last.wait(20).mask.any() and first.wait(20).mask.any()
+            for request in superseded:
+                with pytest.raises(EngineError):  # a cancelled request ends as cancelled, not with a mask
+                    request.wait(5)
+            assert model.decode_calls - before == 2  # the first (already sent) and the last one only
+        finally:
+            engine.close()
+
+
 def test_a_preview_does_not_wait_for_another_clients_propagation():
     core = EngineCore(model_loader=lambda spec: SlowThreshold())
     with threaded_server(core, tokens=(TOKEN_A, TOKEN_B)) as server:
