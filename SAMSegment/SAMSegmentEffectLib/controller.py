@@ -295,10 +295,27 @@ class SegmentAnythingController:
         return SessionSpec(model=c.model, device=c.device, backend=c.backend, precision=c.precision,
                            window=c.window, cache_mb=c.cache_mb, window_mode=c.window_mode)
 
+    def _session_for(self, kind: str, axis: str | None = None, index: int | None = None
+                     ) -> tuple[EngineSession | None, Request | None]:
+        """(the session, None), or (None, a failed request) when the engine cannot start or be reached: its error
+        reaches the effect through ``poll`` as one message, like every other engine failure."""
+        try:
+            return self._ensure_session(), None
+        except (EngineError, OSError) as exc:
+            error = exc if isinstance(exc, EngineError) else EngineUnavailable(
+                f"the Segment Anything engine could not be started: {exc}")
+            failed = Request(kind)
+            failed._fail(error)
+            self._tracked.append(_Tracked(kind, failed, axis, index))
+            return None, failed
+
     def _ensure_session(self) -> EngineSession:
-        """The session for the current volume and settings, (re)starting the engine and (re)opening as needed."""
+        """The session for the current volume and settings, (re)starting the engine and (re)opening as needed.
+        While a propagation runs, its session is kept: a settings change applies once it has ended."""
         if self._array is None:
             raise RuntimeError("no source volume: select a source volume in the Segment Editor")
+        if self._session is not None and self.propagating and self.provider.crashed is None:
+            return self._session
         engine = self.provider.get()
         if self.provider.last_crash and self.provider.last_crash != self._reported_crash:
             self._reported_crash = self.provider.last_crash
@@ -324,7 +341,8 @@ class SegmentAnythingController:
 
     def load(self) -> Request:
         """Start the engine, send the volume and load the model now (so that the first click is fast)."""
-        return self._ensure_session().opening
+        session, failed = self._session_for("load")
+        return failed if session is None else session.opening
 
     def new_object(self) -> None:
         """The next prompts are another object: with a fitted window, it gets its own."""
@@ -334,7 +352,9 @@ class SegmentAnythingController:
 
     def preview(self, axis: str, index: int, prompt: SlicePrompt) -> Request:
         """Predict one slice; supersedes an unfinished preview of the same slice and pending prefetches."""
-        session = self._ensure_session()
+        session, failed = self._session_for("preview", axis.upper(), int(index))
+        if session is None:
+            return failed
         axis = axis.upper()
         self._serial += 1
         serial = self._serial
@@ -350,7 +370,9 @@ class SegmentAnythingController:
         """Compute embeddings of ``indices`` in the background (dropped as soon as a preview is asked for)."""
         if not self.configured:
             return None
-        session = self._ensure_session()
+        session, failed = self._session_for("prefetch", axis.upper())
+        if session is None:
+            return failed
         axis = axis.upper()
         for tracked in self._tracked:
             if tracked.kind == "prefetch":
@@ -364,7 +386,9 @@ class SegmentAnythingController:
         """Segment the prompted slices and propagate; outcomes stream as 'outcome' events."""
         if self.propagating:
             raise RuntimeError("a propagation is already running: wait for it or cancel it")
-        session = self._ensure_session()
+        session, failed = self._session_for("propagate", axis.upper())
+        if session is None:
+            return failed
         axis = axis.upper()
         for tracked in self._tracked:
             if tracked.kind == "prefetch":

@@ -124,6 +124,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.lastSegmentId = None
         self.polling = False  # onPoll re-entry guard (a dialog opened from a tick runs a nested event loop)
         self.pendingDialogs = []
+        self.propagationSegmentId = None  # the segment a running propagation writes into
         self.showingDialog = False
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
@@ -322,6 +323,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def deactivate(self):
         self.timer.stop()
+        self.pendingDialogs = []  # messages of this activation are not shown on the next one
         if self.controller is not None:
             self.controller.cancel_all(forget=True)
         for sliceWidget, pipeline in self.pipelines.items():
@@ -690,6 +692,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
         self.syncSettings()
         self.controller.propagate(axis, prompts, self.scriptedEffect.parameter("Direction") or "both", frange)
+        # the result goes into this segment: another one selected meanwhile must not receive it
+        self.propagationSegmentId = self.scriptedEffect.parameterSetNode().GetSelectedSegmentID()
         self.progressBar.setRange(0, 0)
         self.setStatus(f"Propagating along {axis} from {len(prompts)} slice(s)...")
         self.updateButtons()
@@ -751,6 +755,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         elif event.kind == "propagated":
             result = event.result
             slices = [(result.axis, i, o.mask) for i, o in sorted(result.outcomes.items())]
+            target = self.propagationSegmentId
+            if target and target != self.scriptedEffect.parameterSetNode().GetSelectedSegmentID():
+                self.setStatus(f"Propagated along {result.axis} over {len(slices)} slices for another segment than "
+                               "the selected one: the result stays in the preview (select that segment and press "
+                               "Enter to write it, or Clear all).", error=True)
+                return
             self.writeSlices(slices, f"Propagated along {result.axis} over {len(slices)} slices")
         elif event.kind == "cancelled":
             kept = len(self.previewLayer) if self.previewLayer is not None else 0
@@ -786,7 +796,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             logging.exception("Segment Anything: writing the segment failed")
             message = str(exc) if isinstance(exc, BridgeError) else f"{type(exc).__name__}: {exc}"
             self.setStatus(f"Writing the segment failed: {message}", error=True)
-            slicer.util.errorDisplay(f"Writing the segment failed: {message}", windowTitle="Segment Anything")
+            self.pendingDialogs.append(f"Writing the segment failed: {message}")  # shown after the tick (onPoll)
             return
         if self.previewLayer is not None:
             for axis, index, _ in slices:

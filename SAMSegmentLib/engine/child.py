@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,14 +31,7 @@ from .client import RemoteEngine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineProcess", "LocalEngine", "free_port", "private_folder"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free now (the child binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["EngineProcess", "LocalEngine", "private_folder"]
 
 
 def private_folder(prefix: str = "samsegment-engine-") -> Path:
@@ -60,8 +52,7 @@ class EngineProcess:
         self.token_file = self.folder / "token"
         self.ready_file = self.folder / "ready.json"
         self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / "samsegment-engine.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # the child binds a free port itself and reports it in the ready file (no race for it)
         self.args = ["--device", device, "--backend", backend, "--precision", precision] + list(extra_args or [])
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -78,7 +69,7 @@ class EngineProcess:
         # The engine package's folder goes on sys.path by hand: Slicer's PythonSlicer launcher sets PYTHONPATH
         # itself, and an installed extension's folder is not on it.
         package_root = str(Path(SAMSegmentLib.__file__).resolve().parent.parent)
-        argv = ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--token-file", str(self.token_file),
+        argv = ["serve", "--host", "127.0.0.1", "--port", "0", "--token-file", str(self.token_file),
                 "--shared-dir", str(self.folder), "--ready-file", str(self.ready_file), "--exit-with-parent",
                 *self.args]
         bootstrap = (f"import sys; sys.path.insert(0, {package_root!r}); from SAMSegmentLib.cli import main; "
@@ -93,7 +84,12 @@ class EngineProcess:
                                      env=env, creationflags=flags)
         log_file.close()
         self.started_at = time.monotonic()
-        log.info("engine process %d starting on %s (log %s)", self.proc.pid, self.url, self.log_path)
+        log.info("engine process %d starting (log %s)", self.proc.pid, self.log_path)
+
+    @property
+    def url(self) -> str:
+        """The child's URL; its port is known once :meth:`ready` is True."""
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -110,7 +106,9 @@ class EngineProcess:
                 info = json.loads(self.ready_file.read_text())
             except (OSError, json.JSONDecodeError):
                 return False
-            self._ready = int(info.get("port", -1)) == self.port
+            port = int(info.get("port", 0))
+            if port > 0:
+                self.port, self._ready = port, True
         return self._ready
 
     def crash_message(self) -> str:
@@ -158,7 +156,7 @@ class LocalEngine(RemoteEngine):
                  extra_args: list[str] | None = None) -> None:
         self.process = EngineProcess(python, device, backend, precision, log_path, env, extra_args)
         self.process.start()
-        super().__init__(self.process.url, token=self.process.token, shared_dir=self.process.folder)
+        super().__init__(self.process.url, token=self.process.token, shared_dir=self.process.folder)  # port: later
 
     def _assign(self) -> None:
         try:
@@ -169,12 +167,17 @@ class LocalEngine(RemoteEngine):
                 self._queue.popleft()._fail(exc)
             return
         if ready:
+            if self.port != self.process.port:  # the port the child picked, from its ready file
+                self.port, self.url = self.process.port, self.process.url
             super()._assign()
 
     def _unreachable(self, exc: BaseException) -> str:
+        # A reset connection usually means the child is exiting (its sockets close as it exits, so it is reaped at
+        # once); its crash message says why. Bounded to 50 ms, and only on a connection error: this runs inside
+        # poll() on Slicer's main thread.
         if self.process.proc is not None:
             try:
-                self.process.proc.wait(0.2)  # a reset connection usually means the child is exiting
+                self.process.proc.wait(0.05)
             except subprocess.TimeoutExpired:
                 pass
         return self.crashed or super()._unreachable(exc)

@@ -618,8 +618,8 @@ class RemoteEngine(Engine):
 
         def data(chunk: bytes) -> None:
             try:
-                reply.data(chunk)
-            except wire.WireError as exc:
+                reply.data(chunk)  # streamed records are decoded here (on_record): a malformed one ends the request
+            except (wire.WireError, KeyError, IndexError, TypeError, ValueError) as exc:
                 if not finished["done"]:
                     finished["done"] = True
                     on_done(None, EngineError(f"the engine's answer could not be read: {exc}"))

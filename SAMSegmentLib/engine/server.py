@@ -124,7 +124,11 @@ def create_app(core: EngineCore, settings: ServerSettings | None = None) -> Star
                 return _error(409, str(exc), "busy")
             except wire.PayloadTooLarge as exc:
                 return _error(413, str(exc), "too-large")
-            except (wire.WireError, PromptError, VolumeError, ValueError, KeyError) as exc:
+            except (wire.WireError, PromptError, VolumeError) as exc:
+                return _error(400, _text(exc), "bad-request")
+            except (ValueError, KeyError) as exc:  # the client's input as far as we know; logged in case it is ours
+                log.warning("request %s %s refused: %s", request.method, request.url.path, _text(exc),
+                            exc_info=log.isEnabledFor(logging.DEBUG))
                 return _error(400, _text(exc), "bad-request")
             except ClientDisconnect:
                 return Response(status_code=400)

@@ -385,9 +385,13 @@ def test_prompt_errors_keep_their_type_through_the_stream(server):
     engine = RemoteEngine(server.url, token=TOKEN_A)
     array, _ = blob_volume()
     session = engine.open_session(array, np.eye(4), SPEC)
-    request = session.propagate("K", {5: SlicePrompt(points=[[3, 3]], labels=[0])}, "none")
-    with pytest.raises((PromptError, BadRequest), match="exclude"):
+    # valid on its face (it passes validation), but slice 2 lies behind a forward-only propagation from slice 10, so
+    # its exclude-only correction has nothing to correct: the job itself fails, and its error record must arrive as
+    # a PromptError
+    request = session.propagate("K", {10: BOX, 2: SlicePrompt(points=[[3, 3]], labels=[0])}, "forward")
+    with pytest.raises(PromptError, match="exclude"):
         request.wait(10)
+    assert not isinstance(request.error, BadRequest)
     engine.close()
 
 

@@ -286,3 +286,42 @@ def test_slicer_layer_imports_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+def test_an_engine_that_cannot_start_is_one_message_and_the_next_action_tries_again(controller):
+    attempts = []
+
+    def broken():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise FileNotFoundError("PythonSlicer")  # e.g. Popen of a missing executable
+        return Factory()()
+
+    c = controller(broken)
+    array, _ = blob()
+    c.configure("box", "cpu", 64)
+    c.set_volume(array, np.eye(4), key=1)
+    c.preview("K", 7, SlicePrompt(box=[5, 6, 14, 20]))  # no exception reaches the effect's event handler
+    events = wait_for(c, {"error"})
+    errors = [e for e in events if e.kind == "error"]
+    assert len(errors) == 1 and errors[0].job == "engine" and "could not be started" in errors[0].message
+    c.preview("K", 7, SlicePrompt(box=[5, 6, 14, 20]))
+    assert [e.kind for e in wait_for(c, {"preview", "error"}) if e.kind in ("preview", "error")] == ["preview"]
+    assert len(attempts) == 2
+
+
+def test_a_settings_change_during_a_propagation_waits_for_it(controller):
+    factory = Factory(encode_delay=0.05)
+    c = controller(factory)
+    array, _ = blob()
+    c.configure("box", "cpu", 64)
+    c.set_volume(array, np.eye(4), key=1)
+    c.propagate("K", {7: SlicePrompt(box=[10, 14, 30, 34])}, "both")
+    c.configure("box", "cpu", 128)  # another cache size: another session spec ...
+    c.preview("K", 7, SlicePrompt(box=[10, 14, 30, 34]))  # ... which must not close the running propagation's
+    events = wait_for(c, {"propagated", "cancelled", "error"}, timeout=60)
+    assert "propagated" in [e.kind for e in events], [(e.kind, e.message) for e in events]
+    assert factory.sessions_built == 1
+    c.preview("K", 7, SlicePrompt(box=[10, 14, 30, 34]))  # after it: the new settings take effect
+    wait_for(c, {"preview"})
+    assert factory.sessions_built == 2
