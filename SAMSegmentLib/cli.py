@@ -196,22 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_window(text: str | None, array=None):
-    """'WIDTH,LEVEL' or a preset name -> Window; 'volume' -> the volume's automatic window; 'fit' or None -> None
-    (the session fits a window to each object)."""
-    from .windowing import CT_PRESETS, Window, auto_window
+    """:func:`windowing.parse_window`, with its ValueError as a CliError (exit code 2 and the message)."""
+    from .windowing import parse_window as parse
 
-    if text is None or text == "fit":
-        return None
-    if text == "volume":
-        return auto_window(array)
-    if text in CT_PRESETS:
-        return auto_window(array, preset=text)
     try:
-        width, level = (float(v) for v in text.split(","))
-        return Window.from_width_level(width, level)
-    except ValueError:
-        raise CliError(f"--window must be fit, volume, WIDTH,LEVEL (e.g. 400,40) or one of {', '.join(CT_PRESETS)}"
-                       ) from None
+        return parse(text, array)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 class ProgressBar:
@@ -423,6 +414,19 @@ def cmd_demo(args) -> int:
     return main_demo(args)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """CliError when ``host:port`` cannot be listened on now (another program holds it); port 0 always works."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another --port") from None
+
+
 def cmd_web(args) -> int:
     """``samsegment web``: the trame-slicer front end in SAMSegmentWeb/ (a source checkout; the 'web' extra)."""
     import importlib.util
@@ -438,6 +442,14 @@ def cmd_web(args) -> int:
     for volume in volumes:
         if not Path(volume).is_file():
             raise CliError(f"volume file not found: {volume}")
+    from .models.registry import get_spec
+
+    get_spec(args.model)  # an unknown model: exit 2 before the engine starts
+    _check_port_free(args.host, args.port)  # before minutes of engine start, not after
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("samsegment web has no access control: anyone who reaches %s:%d can use the sessions (and the "
+                    "files they open); prefer 127.0.0.1 behind an SSH tunnel or an authenticating proxy",
+                    args.host, args.port)
     if args.demo:
         from .demo import demo_data_paths
 

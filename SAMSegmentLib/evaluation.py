@@ -63,14 +63,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import METRIC_DEFINITIONS, compare_masks, dice, normalized_surface_dice, spacing_kji, squared_distance_to
+from .metrics import (
+    METRIC_DEFINITIONS,
+    compare_masks,
+    connected_components,
+    dice,
+    normalized_surface_dice,
+    spacing_kji,
+    squared_distance_to,
+)
 from .models.base import SliceModel
 from .prompts import SlicePrompt, box_from_mask
 from .request import SegmentationRequest
 from .session import SegmentationSession
 from .slices import extract_slice
 from .volume import AXES, Volume, axis_index
-from .windowing import Window
+from .windowing import Window, check_window_text, parse_window
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +235,7 @@ class Click:
 
 def _components26(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """26-connected components of a 3D bool mask: (labels int32 [k, j, i], voxel count per label incl. 0)."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8))
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True)).astype(np.int32)
+    labels = connected_components(mask)
     return labels, np.bincount(labels.reshape(-1))
 
 
@@ -308,8 +313,7 @@ def _auc(values: list[float] | None) -> float | None:
     """Trapezoidal area over the click steps (unit spacing, the initial prompt's value excluded)."""
     if values is None or len(values) < 2:
         return None
-    steps = np.asarray(values[1:], dtype=float)
-    return float(np.sum((steps[1:] + steps[:-1]) / 2.0)) if steps.size > 1 else 0.0
+    return float(np.trapezoid(np.asarray(values[1:], dtype=float))) if len(values) > 2 else 0.0
 
 
 def click_nsd(mask: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float]) -> float:
@@ -483,8 +487,6 @@ def evaluate_case(model: SliceModel, case: Case, protocol: Protocol, out_dir: Pa
 
     volume, reference = load_case(case)
     if isinstance(window, str):
-        from .cli import parse_window
-
         window = parse_window(window, volume.array)
     rng = _case_rng(seed, case.name) if jitter > 0 else None
     start = time.perf_counter()
@@ -641,7 +643,10 @@ def main_evaluate(args) -> int:
                     raise FileNotFoundError(f"case {case.name}: file not found: {p}")
         if not 0 <= args.jitter <= 1:
             raise CliError(f"--jitter must be between 0 and 1 (a fraction of the box size), not {args.jitter}")
+        check_window_text(args.window)  # before the model loads, not after it on the first case
     except EvaluationError as exc:
+        raise CliError(str(exc)) from None
+    except ValueError as exc:
         raise CliError(str(exc)) from None
     start = time.perf_counter()
     model = load_model_for(args)

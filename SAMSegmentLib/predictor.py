@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .embedding_cache import DEFAULT_BUDGET_BYTES, EmbeddingCache
-from .metrics import distance_to
+from .metrics import connected_components, distance_to
 from .models.base import Embedding, SliceModel
 from .prompts import PromptError, SlicePrompt, box_from_mask
 from .slices import (
@@ -80,9 +80,7 @@ def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
     """The 8-connected component of a 2D mask containing pixel (x, y) (all False when that pixel is off)."""
     if not mask[y, x]:
         return np.zeros_like(mask)
-    import SimpleITK as sitk
-
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    labels = connected_components(mask)
     return labels == labels[y, x]
 
 

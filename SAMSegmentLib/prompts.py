@@ -82,11 +82,6 @@ class SlicePrompt:
         """Points and nothing else: a correction where there is something to correct (see the module docstring)."""
         return self.box is None and self.mask is None and len(self.points) > 0
 
-    @property
-    def is_correction(self) -> bool:
-        """A mask (the context) with points and no box: correct the mask."""
-        return self.box is None and self.mask is not None and len(self.points) > 0
-
     def merged(self, other: SlicePrompt) -> SlicePrompt:
         """Union of two prompts on the same slice (the later box, mask and extent win)."""
         return SlicePrompt(

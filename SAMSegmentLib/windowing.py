@@ -137,6 +137,35 @@ def fit_window(array: np.ndarray, region: np.ndarray, is_ct: bool | None = None)
     return Window(min(base.low, float(lo)), max(base.high, float(hi)), "fit-percentile")
 
 
+WINDOW_SYNTAX = "fit, volume, WIDTH,LEVEL (e.g. 400,40) or one of " + ", ".join(CT_PRESETS)
+
+
+def check_window_text(text: str | None) -> None:
+    """Raise ValueError (saying what is allowed) unless ``text`` is a window :func:`parse_window` understands."""
+    if text is None or text in ("fit", "volume") or text in CT_PRESETS:
+        return
+    try:
+        width, _ = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--window must be {WINDOW_SYNTAX}, not {text!r}") from None
+    if not width > 0:
+        raise ValueError(f"--window's width must be positive, not {width:g}")
+
+
+def parse_window(text: str | None, array: np.ndarray | None = None) -> Window | None:
+    """'WIDTH,LEVEL' or a CT preset name -> Window; 'volume' -> the volume's automatic window; 'fit' or None -> None
+    (the session fits a window to each object). ValueError for anything else."""
+    check_window_text(text)
+    if text is None or text == "fit":
+        return None
+    if text == "volume":
+        return auto_window(array)
+    if text in CT_PRESETS:
+        return auto_window(array, preset=text)
+    width, level = (float(v) for v in text.split(","))
+    return Window.from_width_level(width, level)
+
+
 def prompt_region(slice_values: np.ndarray, box: np.ndarray | None, points: np.ndarray | None) -> np.ndarray:
     """The values a window is fitted to: inside ``box`` (inclusive voxel corners (x0, y0, x1, y1)) on a slice
     [rows, cols], or, with points only, a square around the points (at least ``POINTS_REGION_FRACTION`` of the

@@ -553,6 +553,7 @@ class SegmentAnythingTool:
 
     def clear_all(self) -> None:
         self.controller.cancel_all(forget=True)
+        self.controller.new_object()  # the next prompts are another object: its own fitted window (as the desktop)
         self.prompts.clear()
         if self.preview is not None:
             self.preview.clear()

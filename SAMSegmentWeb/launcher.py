@@ -290,11 +290,14 @@ def start_shared_engine(model: str, device: str, log_dir: Path):
     engine = EngineProcess(device=device, log_path=log_dir / "engine.log", extra_args=["--preload", model])
     engine.start()
     deadline = time.monotonic() + 300
-    while not engine.ready():
-        if time.monotonic() > deadline:
-            engine.stop()
-            raise RuntimeError(f"the engine did not start within 300 s; see {engine.log_path}")
-        time.sleep(0.2)
+    try:
+        while not engine.ready():  # raises EngineUnavailable (with the log's last error) when the engine exits
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the engine did not start within 300 s; see {engine.log_path}")
+            time.sleep(0.2)
+    except BaseException:  # Ctrl+C, a crash or the timeout: no engine (or its token folder) left behind
+        engine.stop()
+        raise
     env = {"SAMSEGMENT_TOKEN": engine.token, "SAMSEGMENT_ENGINE_SHARED_DIR": str(engine.folder)}
     return engine, ["--engine", engine.url], env
 
@@ -305,7 +308,8 @@ def run(session_args: list[str], host: str = "127.0.0.1", port: int = 8080, max_
     way out."""
     folder = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="samsegment-web-"))
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"SAMSegment web: starting the engine ({model}, log {folder / 'engine.log'})...", flush=True)
+    print(f"SAMSegment web: starting the engine ({model}, log {folder / 'engine.log'}; the first start may "
+          "download or export the model)...", flush=True)
     engine, engine_args, engine_env = start_shared_engine(model, device, folder)
     launcher = Launcher(session_args + engine_args, max_sessions=max_sessions, spare=spare, log_dir=folder,
                         session_env=engine_env)
@@ -313,17 +317,17 @@ def run(session_args: list[str], host: str = "127.0.0.1", port: int = 8080, max_
     async def main() -> None:
         runner = web.AppRunner(launcher.app, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port
-        print(f"SAMSegment web: http://{host}:{bound}/ (one session per browser tab, at most {max_sessions}; "
-              f"session logs in {launcher.log_dir})", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()  # inside the try: a port taken meanwhile still stops the sessions on the way out
+            bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port
+            print(f"SAMSegment web: http://{host}:{bound}/ (one session per browser tab, at most {max_sessions}; "
+                  f"session logs in {launcher.log_dir})", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, stop.set)
             await stop.wait()
         finally:
             await runner.cleanup()

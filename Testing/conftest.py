@@ -12,6 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TESTING = Path(__file__).resolve().parent
 
+# OpenVINO's telemetry forks a process per event that hangs without internet (see
+# SAMSegmentLib/backends/ov_runtime._block_telemetry); tests that import openvino themselves must not start it either.
+if "openvino" not in sys.modules:
+    sys.modules.setdefault("openvino_telemetry", None)
+
 
 def _import_slicer_meta_package() -> None:
     """Import slicer-core's ``slicer`` once, with Testing/ off sys.path.

@@ -33,13 +33,13 @@ warnings.filterwarnings("ignore")
 
 from cases import CASES  # noqa: E402
 
-from SAMSegmentLib.cli import parse_window  # noqa: E402
 from SAMSegmentLib.evaluation import parse_protocol, run_protocol  # noqa: E402
 from SAMSegmentLib.io import read_labelmap, read_volume  # noqa: E402
 from SAMSegmentLib.metrics import compare_masks, spacing_kji  # noqa: E402
 from SAMSegmentLib.models import load_model  # noqa: E402
 from SAMSegmentLib.models.base import Embedding, SliceModel  # noqa: E402
 from SAMSegmentLib.session import SegmentationSession  # noqa: E402
+from SAMSegmentLib.windowing import parse_window  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_PROTOCOLS = "box-per-slice,one-box,box3d,box3d-clicks-5"

@@ -190,6 +190,9 @@ def main() -> int:
 
     rows = [("engine alone (baseline)", engine), ("web: box -> preview in state", states),
             ("web: box -> preview visible", visibles)]
+    if not visibles or not states:
+        print(f"no preview became visible ({len(states)} answered, missed: {missed}): nothing to time", file=sys.stderr)
+        return 1
     base = statistics.median(engine)
     print(f"box-to-preview latency, LiteMedSAM on CTChest4 slice K{k}, {len(visibles)} boxes "
           f"(embedding cached), session ready after {t_ready:.1f} s")

@@ -14,6 +14,7 @@ Run-time numbers (2-core Xeon with AMX, LiteMedSAM, from benchmarks/bench_engine
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -32,6 +33,7 @@ XML = "model.xml"
 
 def openvino_available() -> bool:
     """True when the ``openvino`` package can be imported."""
+    _block_telemetry()
     try:
         import openvino  # noqa: F401
     except ImportError:
@@ -39,7 +41,22 @@ def openvino_available() -> bool:
     return True
 
 
+def _block_telemetry() -> None:
+    """Keep OpenVINO's usage telemetry (Google Analytics, on by default) out of this process.
+
+    ``import openvino`` and ``convert_model`` send events through ``openvino_telemetry``, which forks a process from
+    a worker thread to send each. Without internet that child hangs for ever (it blocks on the stdin lock held by the
+    engine's exit-with-parent watcher) and keeps the server's sockets open: connections the server has closed never
+    close for the client, whose next request on them is never answered. Clinical machines should not phone home
+    anyway. No setting exists for this (only a consent file in the user's home); with ``openvino_telemetry``
+    unimportable, OpenVINO uses its own stub (``openvino.tools.ovc.telemetry_stub``).
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # None: ``import openvino_telemetry`` -> ImportError
+
+
 def _ov():
+    _block_telemetry()
     import openvino
 
     return openvino

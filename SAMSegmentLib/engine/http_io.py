@@ -59,6 +59,9 @@ class Exchange:
                 self.on_error(exc)
 
 
+MAX_IDLE_S = 15.0  # an idle keep-alive connection older than this is closed instead of reused
+
+
 class Connection:
     """A keep-alive HTTP/1.1 connection carrying one exchange at a time."""
 
@@ -131,11 +134,15 @@ class Connection:
         self.last_used = time.monotonic()
 
     def stale(self) -> bool:
-        """True when an idle keep-alive connection was closed by the server (it would fail the next request)."""
+        """True when an idle keep-alive connection was closed by the server (it would fail the next request), or
+        has been idle for ``MAX_IDLE_S``: reusing it would race the server's keep-alive timeout (30 s), whose close
+        may never reach us when another process holds the server's end of the socket."""
         if self.closed:
             return True
         if not self._connected or self.exchange is not None:
             return False
+        if time.monotonic() - self.last_used > MAX_IDLE_S:
+            return True
         try:
             readable, _, _ = select.select([self.sock], [], [], 0)
             if not readable:

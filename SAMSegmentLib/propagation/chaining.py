@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metrics import dice
+from ..metrics import connected_components, dice
 from ..predictor import BOX_MARGIN, SlicePredictor, SliceResult, grow_box
 from ..prompts import PromptError, SlicePrompt, box_from_mask
 from .plan import PropagationCancelled, PropagationResult, SliceOutcome, plan_chains
@@ -173,7 +173,7 @@ class ChainPropagator:
         p = self.predictor
         return (axis, p.volume.uid, p.volume.version, p.window.key, p.model.name)
 
-    def next_prompt(self, prev_mask: np.ndarray, prev_logits) -> SlicePrompt | None:
+    def next_prompt(self, prev_mask: np.ndarray) -> SlicePrompt | None:
         box = box_from_mask(prev_mask)
         if box is None:
             return None
@@ -388,7 +388,7 @@ class ChainPropagator:
         the model pick one of them or bridge the gap."""
         p = self.params
         out = []
-        prompt = self.next_prompt(prev, logits)
+        prompt = self.next_prompt(prev)
         mask_logits = logits if p.use_mask_prompt else None
         r = self.predictor.predict(axis, index, prompt, mask_logits=mask_logits, multimask=False)
         out.append(("box", r.mask, r.score, r.low_res_logits))
@@ -427,7 +427,7 @@ class ChainPropagator:
         window[y0 : y1 + 1, x0 : x1 + 1] = True
         inside = window & (grey >= intensity_range[0]) & (grey <= intensity_range[1])
         image = sitk.BinaryMorphologicalOpening(sitk.GetImageFromArray(inside.astype(np.uint8)), [1, 1])
-        labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True))
+        labels = connected_components(sitk.GetArrayFromImage(image).astype(bool))
         touching = np.unique(labels[prev & (labels > 0)])
         if touching.size == 0:
             return None
@@ -492,9 +492,7 @@ class ChainPropagator:
 
 def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
     """8-connected parts of a 2D mask holding at least ``min_fraction`` of the largest part's voxels."""
-    import SimpleITK as sitk
-
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    labels = connected_components(mask)
     counts = np.bincount(labels.reshape(-1))[1:]
     if counts.size < 2:
         return []

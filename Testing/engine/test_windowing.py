@@ -91,8 +91,11 @@ def test_fitted_window_is_stable_across_the_slices_of_one_object_and_refitted_fo
     session.new_object()
     second = session.preview("K", 5, SlicePrompt(box=box_of(organ[5])))
     assert second.window != fitted and second.window.high - second.window.low == pytest.approx(400.0)
-    # embeddings are cached per window: the nodule's slices are not re-encoded when its window returns
-    assert session.predictor.cache_key("K", 5)[4] == second.window.key
+    # embeddings are cached per window: when the nodule's window returns, its slice is not encoded again
+    encodes = session.model.encode_calls
+    session.new_object()
+    again = session.preview("K", 5, SlicePrompt(box=box_of(nodule[5]) + [-3, -3, 3, 3]))
+    assert again.window == fitted and session.model.encode_calls == encodes
 
 
 def test_explicit_window_overrides_fitting_and_volume_mode_uses_one_window():
