@@ -318,7 +318,12 @@ class SegmentAnythingController:
             return self._session
         engine = self.provider.get()
         if self.provider.last_crash and self.provider.last_crash != self._reported_crash:
+            # the crash was noticed here, not in poll: the old engine's requests end now (poll reports them as one
+            # message), or a propagation of the dead engine would count as running for ever
             self._reported_crash = self.provider.last_crash
+            for tracked in self._tracked:
+                tracked.request._fail(EngineUnavailable(self.provider.last_crash))
+            self._session = None
         spec = self._spec()
         key = (spec, self._volume_key)
         if self._session is None or self._session_key != key or self._session_engine is not engine:

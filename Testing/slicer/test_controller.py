@@ -325,3 +325,29 @@ def test_a_settings_change_during_a_propagation_waits_for_it(controller):
     c.preview("K", 7, SlicePrompt(box=[10, 14, 30, 34]))  # after it: the new settings take effect
     wait_for(c, {"preview"})
     assert factory.sessions_built == 2
+
+
+def test_a_crash_noticed_by_the_next_action_ends_the_old_engines_requests(controller):
+    engines = []
+
+    class Crashable(InProcessEngine):
+        crashed = None
+
+    def make():
+        factory = Factory(encode_delay=0.2)
+        engine = Crashable(EngineCore(factory.load))
+        engines.append(engine)
+        return engine
+
+    c = controller(make)
+    array, _ = blob()
+    c.configure("box", "cpu", 64)
+    c.set_volume(array, np.eye(4), key=1)
+    c.propagate("K", {7: SlicePrompt(box=[10, 14, 30, 34])}, "both")
+    assert c.propagating
+    engines[0].crashed = "the engine process stopped (exit code -9)"
+    c.preview("K", 7, SlicePrompt(box=[10, 14, 30, 34]))  # notices the crash before any poll: a new engine
+    events = wait_for(c, {"preview"}, timeout=30)
+    errors = [e for e in events if e.kind == "error"]
+    assert len(errors) == 1 and errors[0].job == "engine" and "exit code -9" in errors[0].message
+    assert not c.propagating and len(engines) == 2
