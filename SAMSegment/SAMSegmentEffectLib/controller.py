@@ -316,14 +316,17 @@ class SegmentAnythingController:
             raise RuntimeError("no source volume: select a source volume in the Segment Editor")
         if self._session is not None and self.propagating and self.provider.crashed is None:
             return self._session
+        crash = self.provider.crashed
+        if crash is not None and crash != self._reported_crash:
+            # the crash is noticed here, not in poll: the old engine's requests end now, before the provider closes
+            # that engine (which would end them as "session expired"); poll reports them as one message
+            self._reported_crash = crash
+            for tracked in self._tracked:
+                tracked.request._fail(EngineUnavailable(crash))
+            self._session = None
         engine = self.provider.get()
         if self.provider.last_crash and self.provider.last_crash != self._reported_crash:
-            # the crash was noticed here, not in poll: the old engine's requests end now (poll reports them as one
-            # message), or a propagation of the dead engine would count as running for ever
             self._reported_crash = self.provider.last_crash
-            for tracked in self._tracked:
-                tracked.request._fail(EngineUnavailable(self.provider.last_crash))
-            self._session = None
         spec = self._spec()
         key = (spec, self._volume_key)
         if self._session is None or self._session_key != key or self._session_engine is not engine:
