@@ -3,10 +3,11 @@
 Each next slice is prompted with the previous slice's result: its bounding box grown by a margin (and, when
 ``use_mask_prompt`` is set, its low-resolution logits as mask prompt). A stop rule ends a chain where the object
 has ended: an empty prediction, a collapse or explosion of the area, low predicted IoU, low overlap with the
-previous slice, or an intensity change (too few voxels of the new mask inside the seed mask's central intensity
+previous slice (unless most of the new mask lies next to it), or an intensity change (too few voxels of the new mask inside the seed mask's central intensity
 range: the box has slid onto another tissue). Each slice tries a few prompts (see ``_candidates``: the box, the
-box with the previous logits as mask prompt, one box per part when the previous mask has several parts) and
-keeps the one with the best predicted IoU x intensity agreement with the seed.
+box with the previous logits as mask prompt, one box per part when the previous mask has several parts, and,
+when none of them looks like the object, a box around the seed-range voxels next to the previous mask) and keeps
+the one with the best predicted IoU x intensity agreement with the seed.
 
 Inside a 3D box's slice range (``SlicePrompt.extent``) the object is known to go on: where the stop rule fires
 there, a box around the voxels of the seed's intensity range next to the previous mask is tried too, and the
@@ -72,6 +73,17 @@ class ChainParams:
     mask_prompt_candidate: bool = True
     part_min_fraction: float = 0.1  # parts smaller than this fraction of the largest are not prompted alone
     rescue_search: float = 0.5  # inside a 3D box, the intensity rescue looks this far (fraction of the box side)
+    # When the best candidate's quality (predicted IoU x share of voxels in the seed's intensity range) is below
+    # this, also try the box of the seed-range voxels next to the previous mask (the 3D box's rescue prompt), kept
+    # only when the model's predicted IoU beats every other candidate's. Measured (one box, LiteMedSAM, with the
+    # near-overlap rule below): brain1 0.618 -> 0.761 (on slice 14 the tumour shrinks to its bright right part:
+    # Dice 0.81 there instead of 0.09), liver 0.933 -> 0.946, lung2 0.899 -> 0.902, t2 unchanged.
+    intensity_fallback: float = 0.45
+    # The overlap rule forgives a low Dice with the previous mask when at least this share of the new mask lies
+    # within ``near_radius`` x sqrt(previous area) voxels of it: an object shrinking to one side between thick
+    # slices is still the object. Alone it changed no shared case; brain1 needs it for the fallback's slice 14.
+    min_near_share: float = 0.5
+    near_radius: float = 0.1
 
 
 def _prompt_fingerprint(prompt: SlicePrompt) -> str:
@@ -200,7 +212,7 @@ class ChainPropagator:
         if score < p.min_score:
             return f"predicted IoU {score:.2f} below {p.min_score}"
         overlap = dice(mask, prev.mask)
-        if overlap < p.min_overlap:
+        if overlap < p.min_overlap and _share_near(mask, prev.mask, p.near_radius) < p.min_near_share:
             return f"overlap with the previous slice {overlap:.2f} below {p.min_overlap}"
         if grey is not None and intensity_range is not None and p.min_intensity_fraction > 0:
             values = grey[mask]
@@ -380,12 +392,14 @@ class ChainPropagator:
             distance += 1
         return result
 
-    def _candidates(self, axis: str, index: int, prev: np.ndarray, logits) -> list[tuple[str, np.ndarray, float,
-                                                                                           object]]:
+    def _candidates(self, axis: str, index: int, prev: np.ndarray, logits, grey: np.ndarray,
+                    intensity_range: tuple[float, float] | None) -> list[tuple[str, np.ndarray, float, object]]:
         """(name, mask, score, low-res logits) of each prompt tried on slice ``index`` from the previous mask:
-        its grown box; that box with the previous logits as mask prompt; and, when the mask has several sizeable
+        its grown box; that box with the previous logits as mask prompt; when the mask has several sizeable
         parts, one grown box per part (masks united, score the lowest): one box around parts that are apart makes
-        the model pick one of them or bridge the gap."""
+        the model pick one of them or bridge the gap; and when none of these looks like the object (quality
+        below ``intensity_fallback``), the box of the seed-range voxels next to the previous mask, if the model
+        is surer of it than of every other candidate. ``grey`` is the slice's windowed grey levels."""
         p = self.params
         out = []
         prompt = self.next_prompt(prev)
@@ -405,6 +419,13 @@ class ChainPropagator:
                 union |= rp.mask
                 scores.append(rp.score)
             out.append(("parts", union, float(min(scores)), None))
+        if intensity_range is not None and max(self._quality(grey, c[1], c[2], intensity_range)
+                                               for c in out) < p.intensity_fallback:
+            box = self._intensity_box(grey, prev, intensity_range)
+            if box is not None:
+                r = self.predictor.predict(axis, index, SlicePrompt(box=box), multimask=False)
+                if r.score > max(c[2] for c in out):
+                    out.append(("intensity-box", r.mask, r.score, r.low_res_logits))
         return out
 
     def _quality(self, grey: np.ndarray, mask: np.ndarray, score: float, intensity_range) -> float:
@@ -458,7 +479,7 @@ class ChainPropagator:
             chain.outcomes.append(outcome)
             return outcome
         grey = self.grey(axis, index)
-        candidates = self._candidates(axis, index, prev.mask, chain.last_logits)
+        candidates = self._candidates(axis, index, prev.mask, chain.last_logits, grey, chain.intensity_range)
         name, mask, score, logits = max(candidates, key=lambda c: self._quality(grey, c[1], c[2],
                                                                                    chain.intensity_range))
         reason = self.stop_reason(prev, mask, score, grey, chain.intensity_range)
@@ -498,3 +519,14 @@ def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
         return []
     keep = [n + 1 for n in range(counts.size) if counts[n] >= min_fraction * counts.max()]
     return [labels == n for n in keep]
+
+
+def _share_near(mask: np.ndarray, prev: np.ndarray, radius_fraction: float) -> float:
+    """Share of ``mask``'s voxels within ``radius_fraction`` x sqrt(area of ``prev``) voxels (at least 2) of
+    ``prev`` (2D bool masks on one grid; a square dilation)."""
+    import SimpleITK as sitk
+
+    radius = max(2, int(round(radius_fraction * np.sqrt(prev.sum()))))
+    near = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(prev.astype(np.uint8)),
+                                                    [radius, radius])).astype(bool)
+    return float((mask & near).sum()) / max(1, int(mask.sum()))
