@@ -77,6 +77,109 @@ def _attend(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     return attn.out_proj(attn._recombine_heads(weights @ v))
 
 
+def _heads_weight(linear: torch.nn.Linear, heads: int) -> torch.Tensor:
+    """A projection's weight [heads * d, C] as [heads, d, C]."""
+    w = linear.weight
+    return w.reshape(heads, w.shape[0] // heads, w.shape[1])
+
+
+def _tokens_attend_to_image(attn: torch.nn.Module, q_tokens: torch.Tensor, image: torch.Tensor,
+                            image_pe: torch.Tensor) -> torch.Tensor:
+    """segment_anything ``Attention(q=q_tokens, k=image + image_pe, v=image)`` for few tokens [1, N, C] and many
+    image tokens [1, HW, C], reassociated so that nothing of size HW x C / 2 is projected:
+    scores_h = (q_h W_k,h) (image + pe)^T (the key bias adds one constant per query row, which the softmax
+    drops), out_h = (softmax_h image) W_v,h^T + b_v,h (softmax rows sum to 1). Same arithmetic up to rounding,
+    about half the multiply-adds of projecting the image."""
+    heads = attn.num_heads
+    n = q_tokens.shape[1]
+    q = attn.q_proj(q_tokens)
+    d = q.shape[-1] // heads
+    qh = q.reshape(1, n, heads, d).transpose(1, 2)  # [1, h, N, d]
+    qk = (qh @ _heads_weight(attn.k_proj, heads)).reshape(1, heads * n, -1)  # [1, hN, C]
+    scores = (qk @ (image + image_pe).transpose(1, 2)).reshape(1, heads, n, -1)  # [1, h, N, HW]
+    weights = torch.softmax(scores / math.sqrt(d), dim=-1).reshape(1, heads * n, -1)
+    pooled = (weights @ image).reshape(1, heads, n, -1)  # [1, h, N, C]
+    wv = _heads_weight(attn.v_proj, heads)  # [h, d, C]
+    out = pooled @ wv.transpose(1, 2) + attn.v_proj.bias.reshape(heads, 1, d)  # [1, h, N, d]
+    return attn.out_proj(out.transpose(1, 2).reshape(1, n, heads * d))
+
+
+def _image_attends_to_tokens(attn: torch.nn.Module, k_tokens: torch.Tensor, v_tokens: torch.Tensor,
+                             q_input: torch.Tensor | None = None, q_image: torch.Tensor | None = None
+                             ) -> torch.Tensor:
+    """segment_anything ``Attention(q=q_input, k=k_tokens, v=v_tokens)`` for many image queries [1, HW, C]
+    (``q_image``: their projection ``q_proj(q_input)`` when precomputed) and few tokens [1, N, C], reassociated:
+    scores = q_input (W_q,h^T k_h^T) + b_q,h k_h^T, and the output projection folded into the tokens' values,
+    out = sum_h softmax_h (v_h W_o,h^T + b_o / h), so that nothing of size HW x C / 2 is projected."""
+    heads = attn.num_heads
+    n = k_tokens.shape[1]
+    kh = attn.k_proj(k_tokens)
+    d = kh.shape[-1] // heads
+    kh = kh.reshape(1, n, heads, d).transpose(1, 2)  # [1, h, N, d]
+    if q_image is not None:
+        hw = q_image.shape[1]
+        qh = q_image.reshape(1, hw, heads, d).transpose(1, 2)  # [1, h, HW, d]
+        scores = qh @ kh.transpose(2, 3)  # [1, h, HW, N]
+    else:
+        hw = q_input.shape[1]
+        wq = _heads_weight(attn.q_proj, heads)  # [h, d, C]
+        kq = (wq.transpose(1, 2) @ kh.transpose(2, 3))  # [1, h, C, N]
+        kq = kq.permute(0, 2, 1, 3).reshape(1, -1, heads * n)  # [1, C, hN]
+        bias = (attn.q_proj.bias.reshape(heads, 1, d) @ kh.transpose(2, 3)).reshape(1, 1, heads * n)
+        scores = (q_input @ kq + bias).reshape(1, hw, heads, n).permute(0, 2, 1, 3)  # [1, h, HW, N]
+    weights = torch.softmax(scores / math.sqrt(d), dim=-1)  # [1, h, HW, N]
+    vh = attn.v_proj(v_tokens).reshape(1, n, heads, d).transpose(1, 2)  # [1, h, N, d]
+    wo = attn.out_proj.weight.reshape(-1, heads, d).permute(1, 2, 0)  # [h, d, C]
+    # the output bias rides on the values: each head's softmax row sums to 1, so the hN weights sum to h (an
+    # added bias after this product made OpenVINO's bf16 CPU compile fail: "data.size() == OC")
+    vo = (vh @ wo + attn.out_proj.bias / heads).reshape(1, heads * n, -1)  # [1, hN, C]
+    weights = weights.permute(0, 2, 1, 3).reshape(1, hw, heads * n)  # [1, HW, hN]
+    return weights @ vo
+
+
+def _two_way_block(layer: torch.nn.Module, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
+                   key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """segment_anything ``TwoWayAttentionBlock.forward`` (a layer after the first) with the reassociated
+    cross attentions."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    queries = layer.norm2(queries + _tokens_attend_to_image(layer.cross_attn_token_to_image, queries + query_pe,
+                                                            keys, key_pe))
+    queries = layer.norm3(queries + layer.mlp(queries))
+    q = queries + query_pe
+    keys = layer.norm4(keys + _image_attends_to_tokens(layer.cross_attn_image_to_token, q, queries,
+                                                       q_input=keys + key_pe))
+    return queries, keys
+
+
+def _upscaled_masks(upscaling: torch.nn.Sequential, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int
+                    ) -> torch.Tensor:
+    """``hyper_in @ output_upscaling(keys as [1, C, h, w])`` of segment_anything's ``MaskDecoder``: masks
+    [1, M, 4h, 4w] from image tokens [1, hw, C] and hypernetwork outputs [1, M, C / 8].
+
+    The two transposed convolutions (2 x 2 kernel, stride 2: every input pixel makes its own 2 x 2 output block)
+    are written as per-pixel matrix products on the token layout, with ``LayerNorm2d`` over the channels and the
+    activations in between, and the pixels put in image order only in the final masks: the same arithmetic
+    without the image's layout changes (reorders around the convolutions cost OpenVINO 3-4 ms per decode)."""
+    up1, norm, act1, up2, act2 = upscaling
+    c1, c2 = up1.out_channels, up2.out_channels
+    w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * c1)  # [C, (i, j, o)]
+    x = (keys @ w1 + up1.bias.repeat(4)).reshape(1, 4 * h * w, c1)  # rows (y, x, i, j)
+    mean = x.mean(-1, keepdim=True)
+    var = (x - mean).pow(2).mean(-1, keepdim=True)
+    x = act1((x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias)
+    w2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    x = act2(x @ w2 + up2.bias.repeat(4)).reshape(1, 16 * h * w, c2)  # rows (y, x, i, j, i2, j2)
+    m = hyper_in.shape[1]
+    masks = (x @ hyper_in.transpose(1, 2)).reshape(h, w, 2, 2, 2, 2, m)
+    # output row 4y + 2i + i2, column 4x + 2j + j2
+    return masks.permute(6, 0, 2, 4, 1, 3, 5).reshape(1, m, 4 * h, 4 * w)
+
+
 class SamDecoderImagePart(torch.nn.Module):
     """The prompt-independent start of segment_anything's ``MaskDecoder``: image tokens (embedding + dense prompt
     embedding, [1, HW, C]) and the first transformer layer's three projections of them (``k_proj`` / ``v_proj`` of
@@ -114,6 +217,10 @@ class SamDecoderPromptPart(torch.nn.Module):
         super().__init__()
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        up = list(mask_decoder.output_upscaling)
+        if len(up) != 5 or any(tuple(m.kernel_size) != (2, 2) or tuple(m.stride) != (2, 2) for m in (up[0], up[3])):
+            raise ValueError("the mask decoder's output upscaling is not segment_anything's two 2 x 2 stride-2 "
+                             "transposed convolutions")
         h, w = prompt_encoder.input_image_size
         self.embedding_hw = tuple(int(v) for v in prompt_encoder.image_embedding_size)
         self.register_buffer("coord_scale", torch.tensor([1.0 / w, 1.0 / h], dtype=torch.float32), persistent=False)
@@ -142,20 +249,16 @@ class SamDecoderPromptPart(torch.nn.Module):
         queries = layer.norm3(queries + layer.mlp(queries))
         i2t = layer.cross_attn_image_to_token
         q = queries + tokens
-        keys = layer.norm4(keys + _attend(i2t, q0, i2t.k_proj(q), i2t.v_proj(queries)))
+        keys = layer.norm4(keys + _image_attends_to_tokens(i2t, q, queries, q_image=q0))
 
         for layer in transformer.layers[1:]:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=key_pe)
-        attn_out = transformer.final_attn_token_to_image(q=queries + tokens, k=keys + key_pe, v=keys)
+            queries, keys = _two_way_block(layer, queries, keys, tokens, key_pe)
+        attn_out = _tokens_attend_to_image(transformer.final_attn_token_to_image, queries + tokens, keys, key_pe)
         hs = transformer.norm_final_attn(queries + attn_out)
 
-        h, w = self.embedding_hw
-        src = keys.transpose(1, 2).reshape(1, -1, h, w)
-        upscaled = md.output_upscaling(src)
         hyper_in = torch.stack([md.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(md.num_mask_tokens)],
                                dim=1)
-        b, c, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, uh * uw)).reshape(b, -1, uh, uw)
+        masks = _upscaled_masks(md.output_upscaling, keys, hyper_in, *self.embedding_hw)
         return masks, md.iou_prediction_head(hs[:, 0, :])
 
 
