@@ -13,6 +13,7 @@ from SAMSegmentLib.propagation.chaining import ChainPropagator
 from SAMSegmentLib.propagation.plan import PropagationCancelled
 from SAMSegmentLib.request import SegmentationRequest, request_from_dict
 from SAMSegmentLib.session import SegmentationSession
+from SAMSegmentLib.volume import Volume
 from SAMSegmentLib.windowing import Window
 
 SEED = 14
@@ -184,3 +185,24 @@ def test_a_correction_on_a_fresh_session_counts_and_cancels_the_chain_it_needs()
     with pytest.raises(PropagationCancelled):
         session.propagate("K", prompts, "both", should_stop=stop_after_two_slices)
     assert model.decode_calls < 10  # stopped inside the correction's chain, not after the whole propagation
+
+
+def test_a_click_in_a_one_voxel_band_adds_the_band_voxel_not_the_tissue_beyond(monkeypatch):
+    """An include click one voxel from the contour corrects that voxel; the model's region there (here: the
+    band and a bright voxel of another tissue just outside it) is not taken."""
+    import SAMSegmentLib.predictor as predictor
+
+    array = np.zeros((30, 64, 64), dtype=np.int16)
+    obj = np.zeros(array.shape, dtype=bool)
+    obj[SEED, 22:42, 20:40] = True
+    array[obj] = 1000
+    array[SEED, 32, 40] = 1000  # another bright voxel, touching the object's right edge
+    volume = Volume(array, np.diag([1.0, 1.0, 3.0, 1.0]))
+    existing = obj[SEED].copy()
+    existing[32:34, 39] = False  # the contour misses two voxels of the object's right column
+    click = SlicePrompt(points=[[39, 32]], labels=[1], mask=existing)
+    after = session_for(volume).preview("K", SEED, click).mask
+    np.testing.assert_array_equal(after, existing | (np.arange(64)[:, None] == 32) & (np.arange(64) == 39))
+    monkeypatch.setattr(predictor, "SMALL_DISC_VOXELS", 0)  # without the rule the model's region is taken
+    spilled = session_for(volume).preview("K", SEED, click).mask
+    assert spilled[32, 40] and not obj[SEED, 32, 40]
