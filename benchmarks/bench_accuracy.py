@@ -1,5 +1,6 @@
 """Accuracy benchmark: the shared cases of ../shared/data (Testing/engine/cases.py) under each evaluation protocol,
-with the real LiteMedSAM weights on the CLI's defaults (backend auto, precision auto: OpenVINO fp32 on the CPU).
+with the real LiteMedSAM weights on the CLI's defaults (backend auto, precision auto: OpenVINO, bf16 on CPUs with
+native bf16, fp32 on the others).
 
 For each case and protocol: Dice (box-per-slice, one-box, box3d) and, for click protocols, DSC_AUC, final Dice and
 NSD (2 mm, area-weighted), the Dice after each click, and the change of Dice on each clicked slice (the slice the

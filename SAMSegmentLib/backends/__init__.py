@@ -8,11 +8,12 @@ and :func:`resolve_precision`:
 
 - backend ``auto``: OpenVINO on the CPU when the ``openvino`` package is importable, torch on CUDA and MPS (and on
   the CPU without openvino);
-- precision ``auto``: the fastest one whose Dice stayed within 0.005 of torch fp32 on every shared case and
-  protocol (benchmarks/bench_engine.py --dice): fp32 (:data:`AUTO_PRECISION`). bf16 (OpenVINO's bf16 inference hint,
-  torch's bf16 autocast) is 2.4x (OpenVINO) / 1.3x (torch) faster per embedding and stayed within 0.005 of fp32
-  except the one-box propagation of brain1 (0.618 -> 0.725 with OpenVINO bf16: the chain ends one slice later, by
-  chance): ask for it with ``precision="bf16"``.
+- precision ``auto``: the fastest one whose Dice stayed within 0.005 of torch fp32 on every shared case for
+  box-per-slice and one-box (benchmarks/bench_engine.py --dice; :data:`AUTO_PRECISION`): with OpenVINO, bf16 on
+  CPUs that compute it natively (AVX512_BF16 or AMX; 2.4x faster per embedding than OpenVINO fp32, largest Dice
+  change 0.0050 on brain1 box-per-slice, 0.0028 or less elsewhere) and fp32 on the others (where OpenVINO would
+  run the bf16 hint in fp32 anyway); with torch, fp32 (its CPU bf16 autocast is only 1.2-1.3x faster and is slow
+  on CPUs without native bf16). ``precision="fp32"`` keeps the fp32 numerics everywhere.
 
 Exports live in the weights cache (``<weights_dir>/openvino``), keyed by the weights' SHA-256, the torch and
 openvino versions and the graph version; see export_cache.py for how they are built and verified.
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: What ``precision="auto"`` means per backend (see the module docstring for the measurement behind it).
-AUTO_PRECISION = {"openvino": "fp32", "torch": "fp32"}
+AUTO_PRECISION = {"openvino": "bf16", "torch": "fp32"}  # openvino: bf16 only where native_bf16()
 
 __all__ = [
     "BACKENDS",
@@ -90,7 +91,7 @@ def resolve_precision(precision: str | None, backend: str, device: torch.device)
         from .ov_runtime import native_bf16
 
         if precision == "auto":
-            precision = AUTO_PRECISION["openvino"]
+            return AUTO_PRECISION["openvino"] if native_bf16() else "fp32"
         if precision == "bf16" and not native_bf16():
             log.warning("this CPU has no native bf16 (AVX512_BF16 or AMX): OpenVINO runs in fp32")
             return "fp32"

@@ -77,7 +77,8 @@ def load_model(
     needed); ``random_init`` builds the architecture with random weights (tests and benchmarks only).
     ``backend``: ``auto`` (OpenVINO on the CPU when the openvino package is installed, otherwise torch), ``torch``
     or ``openvino`` (CPU only; its graphs are exported once into the weights cache, keyed by the weights' SHA-256).
-    ``precision``: ``auto`` (fp32: see backends.AUTO_PRECISION for why), ``fp32`` or ``bf16``.
+    ``precision``: ``auto`` (OpenVINO bf16 where the CPU has native bf16, else fp32: see backends.AUTO_PRECISION
+    for why), ``fp32`` or ``bf16``.
     This is the one place where backend and precision defaults are decided (CLI, engine server, benchmarks).
     """
     from ..backends import apply_backend, resolve_backend, resolve_precision

@@ -150,7 +150,7 @@ def test_resolution_with_openvino():
     assert resolve_backend("auto", torch.device("mps")) == "torch"
     with pytest.raises(BackendUnavailableError, match="CPU only"):
         resolve_backend("openvino", torch.device("cuda"))
-    assert resolve_precision("auto", "openvino", CPU) == "fp32"
+    assert resolve_precision("auto", "openvino", CPU) == ("bf16" if native_bf16() else "fp32")
     assert resolve_precision("bf16", "openvino", CPU) == ("bf16" if native_bf16() else "fp32")
     assert resolve_precision("fp32", "openvino", CPU) == "fp32"
 
@@ -324,3 +324,22 @@ def test_auto_falls_back_to_torch_when_an_export_fails(monkeypatch, caplog):
     assert "using torch" in caplog.text
     with pytest.raises(ExportError, match="SAMSEGMENT_WEIGHTS_DIR"):
         load_model("litemedsam", device="cpu", backend="openvino")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog, native):
+    """OpenVINO's auto precision is bf16 on CPUs with native bf16 and fp32 elsewhere, without the warning an
+    explicit bf16 request gets there."""
+    import logging
+
+    from SAMSegmentLib.backends import ov_runtime
+
+    monkeypatch.setattr(ov_runtime, "native_bf16", lambda: native)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_precision("auto", "openvino", CPU) == ("bf16" if native else "fp32")
+    assert not caplog.records
+    assert resolve_precision("auto", "torch", CPU) == "fp32"
+    if not native:
+        with caplog.at_level(logging.WARNING):
+            assert resolve_precision("bf16", "openvino", CPU) == "fp32"
+        assert "no native bf16" in caplog.text
