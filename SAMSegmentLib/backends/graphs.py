@@ -2,11 +2,13 @@
 
 Each graph takes and returns plain float32 tensors (no Python-side branching on the inputs), so that a tracing
 exporter captures it whole. The numerics are those of the wrapped modules; where a graph replaces a branch of the
-original code by arithmetic (a mask flag, label comparisons), the arithmetic is exact for the values it sees.
+original code by arithmetic (a mask flag, label comparisons), the arithmetic is exact for the values it sees;
+where it reassociates products (the decoder's cross attentions, its upscaling), it equals them up to float rounding.
 
 - ``image_encoder``: the family's image encoder on its fixed input frame.
-- ``prompt_decoder`` (SAM and LiteMedSAM): segment_anything's prompt encoder for points and boxes, and its mask
-  decoder, for any number of prompt points. Points and box corners are packed by :func:`pack_sam_points`.
+- ``prompt_decoder`` (SAM and LiteMedSAM): segment_anything's prompt encoder for points and boxes and its mask
+  decoder, for any number of prompt points.
+  Points and box corners are packed by :func:`pack_sam_points`.
 - ``sam2_image_encoder``: ``SAM2Base.forward_image`` (Hiera trunk, FPN neck, the decoder's two high-resolution
   projections), returning the FPN levels then their position encodings.
 """
@@ -14,7 +16,6 @@ original code by arithmetic (a mask flag, label comparisons), the arithmetic is 
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,13 +71,6 @@ def _embed_sparse(prompt_encoder: torch.nn.Module, coord_scale: torch.Tensor, po
     return sparse
 
 
-def _attend(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """segment_anything ``Attention.forward`` after its input projections (q, k, v already projected)."""
-    q, k, v = (attn._separate_heads(x, attn.num_heads) for x in (q, k, v))
-    weights = torch.softmax(q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1]), dim=-1)
-    return attn.out_proj(attn._recombine_heads(weights @ v))
-
-
 def _heads_weight(linear: torch.nn.Linear, heads: int) -> torch.Tensor:
     """A projection's weight [heads * d, C] as [heads, d, C]."""
     w = linear.weight
@@ -104,11 +98,10 @@ def _tokens_attend_to_image(attn: torch.nn.Module, q_tokens: torch.Tensor, image
     return attn.out_proj(out.transpose(1, 2).reshape(1, n, heads * d))
 
 
-def _image_attends_to_tokens(attn: torch.nn.Module, k_tokens: torch.Tensor, v_tokens: torch.Tensor,
-                             q_input: torch.Tensor | None = None, q_image: torch.Tensor | None = None
-                             ) -> torch.Tensor:
+def _image_attends_to_tokens(attn: torch.nn.Module, q_input: torch.Tensor, k_tokens: torch.Tensor,
+                             v_tokens: torch.Tensor) -> torch.Tensor:
     """segment_anything ``Attention(q=q_input, k=k_tokens, v=v_tokens)`` for many image queries [1, HW, C]
-    (``q_image``: their projection ``q_proj(q_input)`` when precomputed) and few tokens [1, N, C], reassociated:
+    and few tokens [1, N, C], reassociated:
     scores = q_input (W_q,h^T k_h^T) + b_q,h k_h^T, and the output projection folded into the tokens' values,
     out = sum_h softmax_h (v_h W_o,h^T + b_o / h), so that nothing of size HW x C / 2 is projected."""
     heads = attn.num_heads
@@ -116,17 +109,12 @@ def _image_attends_to_tokens(attn: torch.nn.Module, k_tokens: torch.Tensor, v_to
     kh = attn.k_proj(k_tokens)
     d = kh.shape[-1] // heads
     kh = kh.reshape(1, n, heads, d).transpose(1, 2)  # [1, h, N, d]
-    if q_image is not None:
-        hw = q_image.shape[1]
-        qh = q_image.reshape(1, hw, heads, d).transpose(1, 2)  # [1, h, HW, d]
-        scores = qh @ kh.transpose(2, 3)  # [1, h, HW, N]
-    else:
-        hw = q_input.shape[1]
-        wq = _heads_weight(attn.q_proj, heads)  # [h, d, C]
-        kq = (wq.transpose(1, 2) @ kh.transpose(2, 3))  # [1, h, C, N]
-        kq = kq.permute(0, 2, 1, 3).reshape(1, -1, heads * n)  # [1, C, hN]
-        bias = (attn.q_proj.bias.reshape(heads, 1, d) @ kh.transpose(2, 3)).reshape(1, 1, heads * n)
-        scores = (q_input @ kq + bias).reshape(1, hw, heads, n).permute(0, 2, 1, 3)  # [1, h, HW, N]
+    hw = q_input.shape[1]
+    wq = _heads_weight(attn.q_proj, heads)  # [h, d, C]
+    kq = (wq.transpose(1, 2) @ kh.transpose(2, 3))  # [1, h, C, N]
+    kq = kq.permute(0, 2, 1, 3).reshape(1, -1, heads * n)  # [1, C, hN]
+    bias = (attn.q_proj.bias.reshape(heads, 1, d) @ kh.transpose(2, 3)).reshape(1, 1, heads * n)
+    scores = (q_input @ kq + bias).reshape(1, hw, heads, n).permute(0, 2, 1, 3)  # [1, h, HW, N]
     weights = torch.softmax(scores / math.sqrt(d), dim=-1)  # [1, h, HW, N]
     vh = attn.v_proj(v_tokens).reshape(1, n, heads, d).transpose(1, 2)  # [1, h, N, d]
     wo = attn.out_proj.weight.reshape(-1, heads, d).permute(1, 2, 0)  # [h, d, C]
@@ -139,8 +127,7 @@ def _image_attends_to_tokens(attn: torch.nn.Module, k_tokens: torch.Tensor, v_to
 
 def _two_way_block(layer: torch.nn.Module, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
                    key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """segment_anything ``TwoWayAttentionBlock.forward`` (a layer after the first) with the reassociated
-    cross attentions."""
+    """segment_anything ``TwoWayAttentionBlock.forward`` with the reassociated cross attentions."""
     if layer.skip_first_layer_pe:
         queries = layer.self_attn(q=queries, k=queries, v=queries)
     else:
@@ -151,8 +138,8 @@ def _two_way_block(layer: torch.nn.Module, queries: torch.Tensor, keys: torch.Te
                                                             keys, key_pe))
     queries = layer.norm3(queries + layer.mlp(queries))
     q = queries + query_pe
-    keys = layer.norm4(keys + _image_attends_to_tokens(layer.cross_attn_image_to_token, q, queries,
-                                                       q_input=keys + key_pe))
+    keys = layer.norm4(keys + _image_attends_to_tokens(layer.cross_attn_image_to_token, keys + key_pe, q,
+                                                       queries))
     return queries, keys
 
 
@@ -180,37 +167,18 @@ def _upscaled_masks(upscaling: torch.nn.Sequential, keys: torch.Tensor, hyper_in
     return masks.permute(6, 0, 2, 4, 1, 3, 5).reshape(1, m, 4 * h, 4 * w)
 
 
-class SamDecoderImagePart(torch.nn.Module):
-    """The prompt-independent start of segment_anything's ``MaskDecoder``: image tokens (embedding + dense prompt
-    embedding, [1, HW, C]) and the first transformer layer's three projections of them (``k_proj`` / ``v_proj`` of
-    its token-to-image attention, ``q_proj`` of its image-to-token attention), [1, HW, C / 2] each. Computed once
-    per embedding (and mask prompt) and reused by every prompt (:class:`SamDecoderPromptPart`)."""
-
-    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.mask_decoder = mask_decoder
-        with torch.no_grad():
-            pe = prompt_encoder.get_dense_pe().detach().clone()
-        self.register_buffer("key_pe", pe.flatten(2).permute(0, 2, 1).contiguous(), persistent=False)
-
-    def forward(self, image_embed, dense_embed):
-        keys = (image_embed + dense_embed).flatten(2).permute(0, 2, 1)
-        layer = self.mask_decoder.transformer.layers[0]
-        with_pe = keys + self.key_pe
-        return (keys, layer.cross_attn_token_to_image.k_proj(with_pe), layer.cross_attn_token_to_image.v_proj(keys),
-                layer.cross_attn_image_to_token.q_proj(with_pe))
-
-
 class SamDecoderPromptPart(torch.nn.Module):
-    """The rest of segment_anything's ``PromptEncoder`` (points, box corners) + ``MaskDecoder.predict_masks``.
+    """segment_anything's ``PromptEncoder`` for points and box corners + ``MaskDecoder.predict_masks``.
 
-    Inputs: the four outputs of :class:`SamDecoderImagePart`, ``point_coords`` [1, N, 2] model-input pixel (x, y)
-    and ``point_labels`` [1, N] (-1 padding, 0 exclude, 1 include, 2 / 3 box corners). Outputs all candidates:
-    ``masks`` [1, 4, 256, 256] and ``iou`` [1, 4]; candidate 0 is the single-mask output, 1..3 the multimask ones.
+    Inputs: ``image_embed`` [1, C, h, w], ``dense_embed`` [1, C, h, w] (``no_mask_embed`` broadcast, or a mask
+    prompt's embedding), ``point_coords`` [1, N, 2] model-input pixel (x, y) and ``point_labels`` [1, N]
+    (-1 padding, 0 exclude, 1 include, 2 / 3 box corners).
+    Outputs all candidates: ``masks`` [1, 4, 256, 256] and ``iou`` [1, 4]; candidate 0 is the single-mask output,
+    1..3 the multimask ones.
 
     The forward glue of ``TwoWayTransformer`` / ``TwoWayAttentionBlock`` / ``predict_masks`` is written out here
-    (calling the modules' own layers) because the first layer takes the precomputed projections; tests compare
-    the result with segment_anything's modules.
+    (calling the modules' own layers) with the cross attentions reassociated and the upscaling as matrix
+    products; tests/test_graphs.py compares the result with segment_anything's modules.
     """
 
     def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> None:
@@ -228,30 +196,16 @@ class SamDecoderPromptPart(torch.nn.Module):
             pe = prompt_encoder.get_dense_pe().detach().clone()
         self.register_buffer("key_pe", pe.flatten(2).permute(0, 2, 1).contiguous(), persistent=False)
 
-    def forward(self, keys, k0, v0, q0, point_coords, point_labels):
+    def forward(self, image_embed, dense_embed, point_coords, point_labels):
         md = self.mask_decoder
+        keys = (image_embed + dense_embed).flatten(2).permute(0, 2, 1)  # image tokens [1, hw, C]
         transformer = md.transformer
         sparse = _embed_sparse(self.prompt_encoder, self.coord_scale, point_coords, point_labels)
         output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)[None]
         tokens = torch.cat((output_tokens, sparse), dim=1)
         key_pe = self.key_pe
-
-        # first TwoWayAttentionBlock, with the image-side projections precomputed
-        layer = transformer.layers[0]
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=tokens, k=tokens, v=tokens)
-        else:
-            q = tokens + tokens
-            queries = tokens + layer.self_attn(q=q, k=q, v=tokens)
-        queries = layer.norm1(queries)
-        t2i = layer.cross_attn_token_to_image
-        queries = layer.norm2(queries + _attend(t2i, t2i.q_proj(queries + tokens), k0, v0))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        i2t = layer.cross_attn_image_to_token
-        q = queries + tokens
-        keys = layer.norm4(keys + _image_attends_to_tokens(i2t, q, queries, q_image=q0))
-
-        for layer in transformer.layers[1:]:
+        queries = tokens
+        for layer in transformer.layers:
             queries, keys = _two_way_block(layer, queries, keys, tokens, key_pe)
         attn_out = _tokens_attend_to_image(transformer.final_attn_token_to_image, queries + tokens, keys, key_pe)
         hs = transformer.norm_final_attn(queries + attn_out)
@@ -263,36 +217,27 @@ class SamDecoderPromptPart(torch.nn.Module):
 
 
 def sam_prompt_decoder_specs(prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> dict[str, GraphSpec]:
-    """The two prompt decoder graphs of a SAM-family model (LiteMedSAM, SAM, MedSAM): ``prompt_decoder_image``
-    (once per embedding) and ``prompt_decoder`` (per prompt)."""
+    """The prompt decoder graph of a SAM-family model (LiteMedSAM, SAM, MedSAM): ``prompt_decoder``.
+
+    One graph per prompt, with nothing precomputed per embedding: the reassociated attentions never project the
+    image tokens, so what an image part could cache is one addition (measured: a separate image graph cost the
+    first decode on a slice 2 ms more than it saved)."""
     c = int(prompt_encoder.embed_dim)
     eh, ew = (int(v) for v in prompt_encoder.image_embedding_size)
     ih, iw = (int(v) for v in prompt_encoder.input_image_size)
     gen = torch.Generator().manual_seed(0)
-    image_part = SamDecoderImagePart(prompt_encoder, mask_decoder).eval()
-    image_inputs = (
+    inputs = (
         torch.randn(1, c, eh, ew, generator=gen),
         prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).expand(1, -1, eh, ew).contiguous(),
-    )
-    with torch.inference_mode():
-        keys, k0, v0, q0 = (t.clone() for t in image_part(*image_inputs))
-    ci = int(k0.shape[-1])
-    prompt_inputs = (
-        keys, k0, v0, q0,
         torch.tensor([[[0.4 * iw, 0.5 * ih], [0.2 * iw, 0.2 * ih], [0.8 * iw, 0.7 * ih]]], dtype=torch.float32),
         torch.tensor([[1.0, 2.0, 3.0]]),
     )
-    shape_key = {"embedding": [c, eh, ew], "input": [ih, iw]}
     return {
-        "prompt_decoder_image": GraphSpec(
-            image_part, image_inputs, [("image_embed", [1, c, eh, ew]), ("dense_embed", [1, c, eh, ew])],
-            ["keys", "k0", "v0", "q0"], shape_key,
-        ),
         "prompt_decoder": GraphSpec(
-            SamDecoderPromptPart(prompt_encoder, mask_decoder).eval(), prompt_inputs,
-            [("keys", [1, eh * ew, c]), ("k0", [1, eh * ew, ci]), ("v0", [1, eh * ew, ci]), ("q0", [1, eh * ew, ci]),
-             ("point_coords", [1, -1, 2]), ("point_labels", [1, -1])],
-            ["masks", "iou"], shape_key,
+            SamDecoderPromptPart(prompt_encoder, mask_decoder).eval(), inputs,
+            [("image_embed", [1, c, eh, ew]), ("dense_embed", [1, c, eh, ew]), ("point_coords", [1, -1, 2]),
+             ("point_labels", [1, -1])],
+            ["masks", "iou"], {"embedding": [c, eh, ew], "input": [ih, iw]},
         ),
     }
 
@@ -365,27 +310,16 @@ def run_sam_prompt_decoder(
     mask_input: torch.Tensor | np.ndarray | None,
     multimask: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode with the exported prompt decoder graphs: model-input pixel prompts in, the selected candidates out
-    (low-res logits [C, 256, 256], iou [C]; C = 3 with ``multimask``, else 1), as ``MaskDecoder.forward`` selects.
-
-    The image part is reused while the same embedding tensor is decoded without a mask prompt (the preview of
-    one slice): it is remembered for the last embedding only, through a weak reference.
-    """
+    """Decode with the exported prompt decoder graph: model-input pixel prompts in, the selected candidates out
+    (low-res logits [C, 256, 256], iou [C]; C = 3 with ``multimask``, else 1), as ``MaskDecoder.forward`` selects."""
     coords, labs = pack_sam_points(points_xy, labels, box_xyxy)
-    image_graph = runners["prompt_decoder_image"]
     if mask_input is None:
-        last = getattr(image_graph, "last_result", None)
-        if last is not None and last[0]() is image_embed:
-            image_part = last[1]
-        else:
-            image_part = image_graph(image_embed, _no_mask_dense(prompt_encoder))
-            image_graph.last_result = (weakref.ref(image_embed), image_part)
+        dense = _no_mask_dense(prompt_encoder)
     else:
         s = 4 * int(prompt_encoder.image_embedding_size[0])
         m = torch.as_tensor(mask_input, dtype=torch.float32).reshape(1, 1, s, s)
         with torch.inference_mode():
             dense = prompt_encoder._embed_masks(m.to(prompt_encoder.no_mask_embed.weight.device)).float()
-        image_part = image_graph(image_embed, dense)
-    masks, iou = runners["prompt_decoder"](*image_part, coords, labs)
+    masks, iou = runners["prompt_decoder"](image_embed, dense, coords, labs)
     sel = slice(1, None) if multimask else slice(0, 1)
     return masks[0, sel], iou[0, sel]

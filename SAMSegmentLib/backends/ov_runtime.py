@@ -26,7 +26,7 @@ from .graphs import GraphSpec
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = 3  # bump when a graph in graphs.py changes meaning: old exports are then rebuilt
+GRAPH_VERSION = 4  # bump when a graph in graphs.py changes meaning: old exports are then rebuilt
 CHECK_RTOL = 1e-3
 XML = "model.xml"
 
@@ -99,7 +99,6 @@ class OpenVINOGraph:
         self.path = path
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
-        self.last_result = None  # free for the caller: e.g. the result for the last input it reuses
 
     def __call__(self, *inputs) -> list[torch.Tensor]:
         arrays = [

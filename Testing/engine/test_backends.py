@@ -227,7 +227,7 @@ def _compare_decoders(ref_model, ov_model, image, atol_embed, atol_logits):
 
 def test_openvino_matches_torch_litemedsam(litemedsam_pair):
     torch_model, ov_model = litemedsam_pair
-    assert set(ov_model.runners) == {"image_encoder", "prompt_decoder_image", "prompt_decoder"}
+    assert set(ov_model.runners) == {"image_encoder", "prompt_decoder"}
     _compare_decoders(torch_model, ov_model, _phantom(), atol_embed=1e-4, atol_logits=2e-3)
 
 
@@ -272,7 +272,7 @@ def test_openvino_matches_torch_sam(tmp_path):
     ov_model = SAM(net, "cpu")
     ov_model.name = "sam_vit_b_test"
     apply_backend(ov_model, "openvino", "fp32", root=tmp_path)
-    assert set(ov_model.runners) == {"image_encoder", "prompt_decoder_image", "prompt_decoder"}
+    assert set(ov_model.runners) == {"image_encoder", "prompt_decoder"}
     rgb = np.repeat(_phantom()[:, :, None], 3, axis=2)
     _compare_decoders(ref, ov_model, rgb, atol_embed=1e-3, atol_logits=2e-3)
 

@@ -46,7 +46,7 @@ def test_prompt_decoder_graph_matches_segment_anything(sam_parts, prompt, with_m
 
     pe, md = sam_parts
     specs = sam_prompt_decoder_specs(pe, md)
-    image_part, prompt_part = specs["prompt_decoder_image"].module, specs["prompt_decoder"].module
+    graph = specs["prompt_decoder"].module
     gen = torch.Generator().manual_seed(1)
     image_embed = torch.randn(1, 256, 64, 64, generator=gen)
     points, labels, box = PROMPTS[prompt]
@@ -59,8 +59,7 @@ def test_prompt_decoder_graph_matches_segment_anything(sam_parts, prompt, with_m
         coords, labs = pack_sam_points(None if points is None else np.array(points),
                                        None if labels is None else np.array(labels),
                                        None if box is None else np.array(box))
-        got_masks, got_iou = prompt_part(*image_part(image_embed, dense), torch.from_numpy(coords),
-                                         torch.from_numpy(labs))
+        got_masks, got_iou = graph(image_embed, dense, torch.from_numpy(coords), torch.from_numpy(labs))
     assert got_masks.shape == want_masks.shape == (1, 4, 256, 256)
     scale = float(want_masks.abs().max())
     assert float((got_masks - want_masks).abs().max()) <= 1e-4 * max(1.0, scale)
