@@ -11,7 +11,7 @@ and :func:`resolve_precision`:
 - precision ``auto``: the fastest one whose Dice stayed within 0.005 of torch fp32 on every shared case for
   box-per-slice and one-box (benchmarks/bench_engine.py --dice; :data:`AUTO_PRECISION`): with OpenVINO, bf16 on
   CPUs that compute it natively (AVX512_BF16 or AMX; 2.4x faster per embedding than OpenVINO fp32, largest Dice
-  change 0.0050 on brain1 box-per-slice, 0.0028 or less elsewhere) and fp32 on the others (where OpenVINO would
+  change 0.0037 on brain1 box-per-slice and one-box) and fp32 on the others (where OpenVINO would
   run the bf16 hint in fp32 anyway); with torch, fp32 (its CPU bf16 autocast is only 1.2-1.3x faster and is slow
   on CPUs without native bf16). ``precision="fp32"`` keeps the fp32 numerics everywhere.
 
