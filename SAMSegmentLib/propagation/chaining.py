@@ -3,11 +3,12 @@
 Each next slice is prompted with the previous slice's result: its bounding box grown by a margin (and, when
 ``use_mask_prompt`` is set, its low-resolution logits as mask prompt). A stop rule ends a chain where the object
 has ended: an empty prediction, a collapse or explosion of the area, low predicted IoU, low overlap with the
-previous slice (unless most of the new mask lies next to it), or an intensity change (too few voxels of the new mask inside the seed mask's central intensity
-range: the box has slid onto another tissue). Each slice tries a few prompts (see ``_candidates``: the box, the
-box with the previous logits as mask prompt, one box per part when the previous mask has several parts, and,
-when none of them looks like the object, a box around the seed-range voxels next to the previous mask) and keeps
-the one with the best predicted IoU x intensity agreement with the seed.
+previous slice (unless most of the new mask lies next to it), or an intensity change (too few voxels of the new
+mask inside the seed mask's central intensity range: the box has slid onto another tissue). Each slice tries a
+few prompts (see ``_candidates``: the box, the box with the previous logits as mask prompt, one box per part when
+the previous mask has several parts, and, when none of them looks like the object, a box around the seed-range
+voxels next to the previous mask) and keeps the one with the best predicted IoU x intensity agreement with the
+seed.
 
 Inside a 3D box's slice range (``SlicePrompt.extent``) the object is known to go on: where the stop rule fires
 there, a box around the voxels of the seed's intensity range next to the previous mask is tried too, and the
@@ -523,7 +524,7 @@ def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:
 
 def _share_near(mask: np.ndarray, prev: np.ndarray, radius_fraction: float) -> float:
     """Share of ``mask``'s voxels within ``radius_fraction`` x sqrt(area of ``prev``) voxels (at least 2) of
-    ``prev`` (2D bool masks on one grid; a square dilation)."""
+    ``prev`` (2D bool masks on one grid; SimpleITK's default ball-shaped dilation)."""
     import SimpleITK as sitk
 
     radius = max(2, int(round(radius_fraction * np.sqrt(prev.sum()))))
