@@ -18,8 +18,9 @@ the current one, so a later click never changes what an earlier one did):
 where a click's disc is the disc around it that reaches the context's boundary (radius: the distance to the
 nearest context voxel for an include, to the nearest outside voxel for an exclude, in mm): in the middle of a
 missed or leaked band, it stays inside the band. A disc of at most ``SMALL_DISC_VOXELS`` voxels (a band one or
-two voxels wide) is the correction itself, without asking the model. Everything farther from the clicks keeps the context. With an
-empty context (the propagation had ended there), the prompt's box is the size hint for the include boxes.
+two voxels wide) is the correction itself, without asking the model. Everything farther from the clicks keeps the
+context. With an empty context (the propagation had ended there), the prompt's box is the size hint for the
+include boxes.
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ class _SureOfTightBoxes(ThresholdModel):
 
 def _shrinking_object_beside_other_tissue() -> tuple[Volume, np.ndarray, np.ndarray]:
     """A disc (radius 10, grey 1000) on slices 6-14 that shrinks to a small disc on its right edge on slices
-    15-18 (a quarter of its area), where a dimmer tissue (600: bright for the model, not the seed's grey level) takes its left part."""
+    15-18 (a quarter of its area), where a dimmer tissue (600: bright for the model, not the seed's grey level)
+    takes its left part."""
     array = np.zeros((24, 64, 64), dtype=np.int16)
     yy, xx = np.mgrid[0:64, 0:64]
     obj = np.zeros(array.shape, dtype=bool)
