@@ -394,7 +394,7 @@ class SAMSegmentWidget(ScriptedLoadableModuleWidget):
             self.backendCombo.addItem(text, key)
         form.addRow("Backend:", self.backendCombo)
         self.precisionCombo = qt.QComboBox()
-        for key, text in (("auto", "Automatic (bf16 on CPUs that compute it natively, else fp32)"),
+        for key, text in (("auto", "Automatic (LiteMedSAM: bf16 on CPUs that compute it natively; else fp32)"),
                           ("fp32", "fp32 (exact)"), ("bf16", "bf16 (faster on the CPU)")):
             self.precisionCombo.addItem(text, key)
         self.precisionCombo.toolTip = ("Automatic picks the fastest precision whose Dice stayed within 0.005 of fp32 "

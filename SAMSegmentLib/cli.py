@@ -31,8 +31,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "into the weights cache), torch on CUDA / MPS; or force torch / openvino")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto (default): the fastest with the Dice of fp32 (within 0.005 on every case of "
-                   "benchmarks/bench_engine.py --dice): bf16 with OpenVINO on CPUs with native bf16 (AMX or "
-                   "AVX512_BF16; about 2.4x faster per slice), fp32 otherwise; fp32 or bf16 to choose")
+                   "benchmarks/bench_engine.py --dice): for litemedsam bf16 with OpenVINO on CPUs with native bf16 "
+                   "(AMX or AVX512_BF16; about 2.4x faster per slice), fp32 otherwise; fp32 or bf16 to choose")
 
 
 def _add_progress_args(p: argparse.ArgumentParser) -> None:

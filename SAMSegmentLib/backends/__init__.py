@@ -13,7 +13,9 @@ and :func:`resolve_precision`:
   CPUs that compute it natively (AVX512_BF16 or AMX; 2.4x faster per embedding than OpenVINO fp32, largest Dice
   change 0.0037 on brain1 box-per-slice and one-box) and fp32 on the others (where OpenVINO would
   run the bf16 hint in fp32 anyway); with torch, fp32 (its CPU bf16 autocast is only 1.2-1.3x faster and is slow
-  on CPUs without native bf16). ``precision="fp32"`` keeps the fp32 numerics everywhere.
+  on CPUs without native bf16). That measurement exists only for LiteMedSAM, the one model with real weights
+  offline (:data:`BF16_CHECKED_MODELS`): the other models stay fp32 under ``auto`` until their Dice is checked.
+  ``precision="fp32"`` keeps the fp32 numerics everywhere.
 
 Exports live in the weights cache (``<weights_dir>/openvino``), keyed by the weights' SHA-256, the torch and
 openvino versions and the graph version; see export_cache.py for how they are built and verified.
@@ -36,7 +38,9 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: What ``precision="auto"`` means per backend (see the module docstring for the measurement behind it).
-AUTO_PRECISION = {"openvino": "bf16", "torch": "fp32"}  # openvino: bf16 only where native_bf16()
+AUTO_PRECISION = {"openvino": "bf16", "torch": "fp32"}  # openvino: bf16 only where native_bf16() ...
+#: ... and only for the models whose bf16 Dice was measured against torch fp32 on the shared cases.
+BF16_CHECKED_MODELS = frozenset({"litemedsam"})
 
 __all__ = [
     "BACKENDS",
@@ -82,8 +86,9 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return backend
 
 
-def resolve_precision(precision: str | None, backend: str, device: torch.device) -> str:
-    """'fp32' or 'bf16' for the requested ``precision`` (auto, fp32, bf16) with ``backend`` on ``device``."""
+def resolve_precision(precision: str | None, backend: str, device: torch.device, model: str | None = None) -> str:
+    """'fp32' or 'bf16' for the requested ``precision`` (auto, fp32, bf16) with ``backend`` on ``device`` for the
+    model named ``model`` (auto means bf16 only for :data:`BF16_CHECKED_MODELS`)."""
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
         raise BackendUnavailableError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -91,7 +96,8 @@ def resolve_precision(precision: str | None, backend: str, device: torch.device)
         from .ov_runtime import native_bf16
 
         if precision == "auto":
-            return AUTO_PRECISION["openvino"] if native_bf16() else "fp32"
+            checked = model in BF16_CHECKED_MODELS
+            return AUTO_PRECISION["openvino"] if checked and native_bf16() else "fp32"
         if precision == "bf16" and not native_bf16():
             log.warning("this CPU has no native bf16 (AVX512_BF16 or AMX): OpenVINO runs in fp32")
             return "fp32"

@@ -77,8 +77,8 @@ def load_model(
     needed); ``random_init`` builds the architecture with random weights (tests and benchmarks only).
     ``backend``: ``auto`` (OpenVINO on the CPU when the openvino package is installed, otherwise torch), ``torch``
     or ``openvino`` (CPU only; its graphs are exported once into the weights cache, keyed by the weights' SHA-256).
-    ``precision``: ``auto`` (OpenVINO bf16 where the CPU has native bf16, else fp32: see backends.AUTO_PRECISION
-    for why), ``fp32`` or ``bf16``.
+    ``precision``: ``auto`` (OpenVINO bf16 for LiteMedSAM where the CPU has native bf16, else fp32: see
+    backends.AUTO_PRECISION for why), ``fp32`` or ``bf16``.
     This is the one place where backend and precision defaults are decided (CLI, engine server, benchmarks).
     """
     from ..backends import apply_backend, resolve_backend, resolve_precision
@@ -86,7 +86,7 @@ def load_model(
     spec = get_spec(name)
     dev = choose_device(str(device) if device is not None else None)
     chosen_backend = resolve_backend(backend, dev)
-    chosen_precision = resolve_precision(precision, chosen_backend, dev)
+    chosen_precision = resolve_precision(precision, chosen_backend, dev, name)
     try:
         module = family_module(spec.family)
     except ImportError as exc:
@@ -112,4 +112,4 @@ def load_model(
             raise
         # auto: a model whose graphs do not export (or a cache that cannot be written) still runs, on torch
         log.warning("%s cannot run on OpenVINO here (%s); using torch", name, exc)
-        return apply_backend(model, "torch", resolve_precision(precision, "torch", dev))
+        return apply_backend(model, "torch", resolve_precision(precision, "torch", dev, name))

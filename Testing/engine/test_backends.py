@@ -150,7 +150,7 @@ def test_resolution_with_openvino():
     assert resolve_backend("auto", torch.device("mps")) == "torch"
     with pytest.raises(BackendUnavailableError, match="CPU only"):
         resolve_backend("openvino", torch.device("cuda"))
-    assert resolve_precision("auto", "openvino", CPU) == ("bf16" if native_bf16() else "fp32")
+    assert resolve_precision("auto", "openvino", CPU, "litemedsam") == ("bf16" if native_bf16() else "fp32")
     assert resolve_precision("bf16", "openvino", CPU) == ("bf16" if native_bf16() else "fp32")
     assert resolve_precision("fp32", "openvino", CPU) == "fp32"
 
@@ -329,14 +329,16 @@ def test_auto_falls_back_to_torch_when_an_export_fails(monkeypatch, caplog):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog, native):
     """OpenVINO's auto precision is bf16 on CPUs with native bf16 and fp32 elsewhere, without the warning an
-    explicit bf16 request gets there."""
+    explicit bf16 request gets there; models whose bf16 Dice was never measured stay fp32."""
     import logging
 
     from SAMSegmentLib.backends import ov_runtime
 
     monkeypatch.setattr(ov_runtime, "native_bf16", lambda: native)
     with caplog.at_level(logging.WARNING):
-        assert resolve_precision("auto", "openvino", CPU) == ("bf16" if native else "fp32")
+        assert resolve_precision("auto", "openvino", CPU, "litemedsam") == ("bf16" if native else "fp32")
+        assert resolve_precision("auto", "openvino", CPU, "sam2.1_hiera_tiny") == "fp32"
+        assert resolve_precision("auto", "openvino", CPU) == "fp32"
     assert not caplog.records
     assert resolve_precision("auto", "torch", CPU) == "fp32"
     if not native:
