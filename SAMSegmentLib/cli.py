@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="file of access tokens, one per line (each user or workstation its own); clients send "
                        "one of them (or set SAMSEGMENT_TOKEN for a single token)")
     serve.add_argument("--device", default="auto", help="cuda, mps, cpu or auto for sessions that ask for 'auto'")
-    serve.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto", help="auto, torch or openvino for sessions that ask for 'auto'")
-    serve.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto, fp32 or bf16 for sessions that ask for 'auto'")
+    serve.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                       help="auto, torch or openvino for sessions that ask for 'auto'")
+    serve.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="auto, fp32 or bf16 for sessions that ask for 'auto'")
     serve.add_argument("--preload", action="append", default=[], metavar="MODEL",
                        help="load this model at start (repeatable) so the first session opens at once")
     serve.add_argument("--weights-dir", default=None, help="weights cache folder (default: SAMSEGMENT_WEIGHTS_DIR "

@@ -22,6 +22,7 @@ percentiles of a region grown around the box included air in the liver case (0.8
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,9 +146,11 @@ def check_window_text(text: str | None) -> None:
     if text is None or text in ("fit", "volume") or text in CT_PRESETS:
         return
     try:
-        width, _ = (float(v) for v in text.split(","))
+        width, level = (float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--window must be {WINDOW_SYNTAX}, not {text!r}") from None
+    if not (math.isfinite(width) and math.isfinite(level)):
+        raise ValueError(f"--window's width and level must be finite numbers, not {text!r}")
     if not width > 0:
         raise ValueError(f"--window's width must be positive, not {width:g}")
 

@@ -121,3 +121,21 @@ def test_fit_uses_the_largest_box_of_the_first_prompts():
     session.propagate("K", {3: small, 5: large}, "none")
     expected = fit_window(array, prompt_region(array[5], large.box, None))
     assert (session.window.low, session.window.high) == pytest.approx((expected.low, expected.high))
+
+
+@pytest.mark.parametrize("text", ["nan,40", "inf,40", "400,nan", "400,-inf", "0,40", "-10,40", "400", "lung,1", "a,b"])
+def test_a_window_that_is_not_a_finite_positive_width_and_level_is_refused(text):
+    from SAMSegmentLib.windowing import parse_window
+
+    with pytest.raises(ValueError, match="--window"):
+        parse_window(text, np.zeros((2, 4, 4)))
+
+
+def test_window_texts_that_are_accepted():
+    from SAMSegmentLib.windowing import parse_window
+
+    array = np.linspace(-1000, 1000, 64).reshape(1, 8, 8)
+    assert parse_window("fit", array) is None and parse_window(None, array) is None
+    w = parse_window("400,40", array)
+    assert (w.low, w.high) == (-160.0, 240.0)
+    assert parse_window("volume", array) is not None and parse_window(next(iter(CT_PRESETS)), array) is not None
