@@ -49,6 +49,39 @@ def test_exclude_only_click_on_a_propagated_slice_removes_a_leak_there_and_propa
     assert 19 in second.recomputed and 17 not in second.recomputed
 
 
+def test_a_correction_whose_effect_dies_out_leaves_the_slices_beyond_as_they_were():
+    """A part found on one slice only: the corrected slice's chain gives the earlier result on the next slice, so
+    it rejoins the chain it corrected there; the slices beyond keep the earlier result and the model does not run
+    for them (without the rejoin rule they are all redrawn from the corrected slice)."""
+    import dataclasses
+
+    from SAMSegmentLib.propagation.chaining import ChainParams
+
+    volume, obj = blob_volume()
+    obj[17, 50:55, 52:57] = True  # a small part of the object on slice 17 alone, outside the chained boxes
+    volume.array[obj] = 1000
+    seed = {SEED: SlicePrompt(box=box_from_mask(obj[SEED]))}
+    click = {17: SlicePrompt(points=[[54, 52]], labels=[1])}
+
+    def propagate(**params):
+        session = SegmentationSession(ThresholdModel(), volume, window=Window(0, 1000),
+                                      chain_params=dataclasses.replace(ChainParams(), **params))
+        first = session.propagate("K", seed, "both")
+        return first, session.propagate("K", {**seed, **click}, "both")
+
+    first, second = propagate()
+    np.testing.assert_array_equal(second.outcomes[17].mask, obj[17])  # the part added, nothing else
+    assert sorted(second.recomputed) == [17, 18]  # 18 agrees with the earlier result: the chains rejoin there
+    for k in range(18, 30):
+        np.testing.assert_array_equal(second.outcomes[k].mask, first.outcomes[k].mask)
+        assert second.outcomes[k].seed == SEED
+    np.testing.assert_array_equal(second.to_volume(obj.shape), obj)
+    # the rule off: the same masks here (the double has no memory), but every slice beyond is recomputed
+    _, redrawn = propagate(join_fraction=None)
+    assert sorted(redrawn.recomputed) == [17, 18, 19, 20, 21]
+    assert all(redrawn.outcomes[k].seed == 17 for k in range(18, 30))
+
+
 def test_include_only_click_adds_a_part_the_propagation_missed():
     volume, obj = blob_volume()
     lobe = np.zeros_like(obj)
