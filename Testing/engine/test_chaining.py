@@ -77,11 +77,13 @@ def test_correction_recomputes_only_what_can_change_and_keeps_prompted_slices():
     second = dict(first)
     second[18] = SlicePrompt(box=box_from_mask(partial))
     r2 = session.propagate("K", second, "both")
-    # slices nearer to 14 than to 18 (and everything below 14) come from the unchanged chains: reused
-    reused = set(r2.outcomes) - set(r2.recomputed)
-    assert set(range(0, 17)) <= reused
-    # recomputed: the new seed and the slices it now owns (17, and 19 upwards until the object ends)
-    assert set(r2.recomputed) == {17, 18, 19, 20, 21}
+    # slices nearer to 14 than to 18 (and everything below 14) keep the unchanged chains' results
+    for k in range(0, 17):
+        np.testing.assert_array_equal(r2.outcomes[k].mask, r1.outcomes[k].mask)
+        assert r2.outcomes[k].seed == 14
+    # recomputed: the new seed, the slices it now owns (17, and 19 upwards until the object ends), and 15-16,
+    # where its chain runs on through 14's half of the gap (the same object there: nothing is added)
+    assert set(r2.recomputed) == {15, 16, 17, 18, 19, 20, 21}
     # the prompted slice keeps its prompted result, not what propagation from 14 would have given
     np.testing.assert_array_equal(r2.outcomes[18].mask, obj[18] & (np.arange(64)[None, :] >= 30))
     assert r2.outcomes[18].source == "prompt"
@@ -260,3 +262,69 @@ def test_the_intensity_fallback_is_kept_only_when_it_looks_like_the_object():
 
     assert names(seed_grey) == ["box", "intensity-box"]  # quality 0.9: kept
     assert names(around) == ["box"]  # quality 0.9 x 16 / 36 = 0.40 < 0.45: not kept, though the model is surer
+
+
+def _two_lesions(drift: bool = False) -> tuple[Volume, np.ndarray]:
+    """Two separate bright discs (grey 1000): A on slices 10-20 around (x, y) = (20, 20), B on slices 4-12
+    around (44, 44). With ``drift``, B has a dimmer rim (700) and a 700 disc continues it on slices 13-16: a
+    chain from B follows it (B's grey-level range holds 700), A's range does not."""
+    array = np.zeros((24, 64, 64), dtype=np.int16)
+    yy, xx = np.mgrid[0:64, 0:64]
+    obj = np.zeros(array.shape, dtype=bool)
+    obj[10:21] = (xx - 20) ** 2 + (yy - 20) ** 2 <= 36
+    obj[4:13] |= (xx - 44) ** 2 + (yy - 44) ** 2 <= 36
+    array[obj] = 1000
+    if drift:
+        rim = ((xx - 44) ** 2 + (yy - 44) ** 2 <= 36) & ((xx - 44) ** 2 + (yy - 44) ** 2 > 9)
+        array[4:13][:, rim] = 700
+        array[13:17][:, (xx - 44) ** 2 + (yy - 44) ** 2 <= 36] = 700
+    return Volume(array, np.diag([1.0, 1.0, 3.0, 1.0])), obj
+
+
+def test_two_prompts_on_two_parts_both_reach_the_slices_between_them():
+    """A box on each lesion: between the two prompted slices each chain runs on through the other's half, so
+    both lesions appear on every slice they occupy (each chain alone would have owned half of the gap)."""
+    from SAMSegmentLib.windowing import Window
+
+    volume, obj = _two_lesions()
+    prompts = {16: SlicePrompt(box=box_from_mask(obj[16])), 6: SlicePrompt(box=box_from_mask(obj[6] & (
+        np.arange(64)[:, None] > 32)))}
+    session = SegmentationSession(ThresholdModel(), volume, window=Window(0, 1000))
+    steps = []
+    result = session.propagate("K", prompts, "both", progress=lambda done, total: steps.append((done, total)))
+    np.testing.assert_array_equal(result.to_volume(obj.shape), obj)
+    assert steps[-1][0] == steps[-1][1]  # progress ends at its total
+    assert result.outcomes[11].seed == 6 and result.outcomes[12].seed == 16  # the nearer prompt still owns a slice
+    # what each chain alone gives there: the other lesion is missing on the slices the other chain owns
+    only_a = session.propagate("K", {16: prompts[16]}, "both").to_volume(obj.shape)
+    assert not only_a[4:10].any() and only_a[10:21].sum() == obj[10:21, :32, :32].sum()
+
+
+def test_a_part_the_other_prompt_would_not_call_the_object_is_not_added_between_them():
+    """B's chain follows a dimmer structure beyond B (its own grey-level range holds it); on the slices A's
+    chain owns (13-17: slice 12 is the middle of 6 and 18), that structure is not added: none of its voxels has
+    A's grey levels."""
+    import dataclasses
+
+    from SAMSegmentLib.propagation.chaining import ChainParams
+    from SAMSegmentLib.windowing import Window
+
+    volume, obj = _two_lesions(drift=True)
+    prompts = {18: SlicePrompt(box=box_from_mask(obj[18])), 6: SlicePrompt(box=box_from_mask(obj[6] & (
+        np.arange(64)[:, None] > 32)))}
+    b_region = np.zeros_like(obj)
+    b_region[:, 32:, 32:] = True
+
+    def propagate(prompts, **params):
+        session = SegmentationSession(ThresholdModel(), volume, window=Window(0, 1000),
+                                      chain_params=dataclasses.replace(ChainParams(), **params))
+        return session.propagate("K", prompts, "both").to_volume(obj.shape)
+
+    alone = propagate({6: prompts[6]})
+    assert alone[13:17, 32:, 32:].any(axis=(1, 2)).all()  # B's chain alone follows the dim structure
+    mask = propagate(prompts)
+    assert not (mask[13:18] & b_region[13:18]).any()  # not added on A's half
+    np.testing.assert_array_equal(mask & ~b_region, obj & ~b_region)  # lesion A complete
+    np.testing.assert_array_equal(mask[:13] & b_region[:13], obj[:13] & b_region[:13])  # lesion B complete
+    without_the_rule = propagate(prompts, min_intensity_fraction=0.0)
+    assert (without_the_rule[13:17] & b_region[13:17]).any()
