@@ -10,11 +10,12 @@ the previous mask has several parts, and, when none of them looks like the objec
 voxels next to the previous mask) and keeps the one with the best predicted IoU x intensity agreement with the
 seed.
 
-Between two prompted slices whose chains both run into the gap, the nearer prompt's chain owns each slice (see
-``plan_chains``), and each chain also runs on through the other's half: a slice there gets the other chain's
-parts that do not touch its own result and that look like the object to its own prompt too (see
-``_with_parts_of``). Two prompts on two parts of an object (two lesions, or a part the first prompt's chain never
-reaches) then both reach the slices between them; such slices are streamed a second time when a part is added.
+Between two prompted slices (corrections not counted) whose chains both run into the gap, the nearer prompt's
+chain owns each slice (see ``plan_chains``), and each chain also runs on through the other's half: a slice there
+gets the other chain's parts that do not overlap what it shows and that look like the object to the chain it
+shows (see ``_with_parts_of``). Two prompts on two parts of an object (two lesions, or a part the first prompt's
+chain never reaches) then both reach the slices between them; such slices are streamed a second time when a part
+is added. A correction inside the gap owns slices like any chain; the parts are added around it too.
 
 Inside a 3D box's slice range (``SlicePrompt.extent``) the object is known to go on: where the stop rule fires
 there, a box around the voxels of the seed's intensity range next to the previous mask is tried too, and the
@@ -25,9 +26,10 @@ Corrections: a points-only prompt on a slice that a chain reaches is resolved ag
 ``SlicePredictor.correct``) and keeps its corrected result. Propagation then continues outward from it, away from
 the seed whose chain reached it; the slices between that seed and the correction keep the seed's chain (a
 correction fixes what is wrong where it was made and beyond, not the part the user had no reason to touch).
-The correction's chain rejoins the chain it corrected on the first slice where their masks differ by at most
-``join_fraction`` of the voxels the correction changed: its effect has died out, and from there on the earlier
-result stays (and is reused, not recomputed).
+The correction's chain rejoins the chain it corrected on the first slice where its mask differs from what that
+chain shows there by at most ``join_fraction`` of the voxels the correction changed, with the same parts (no
+part found by one alone), and where that chain has not ended: the correction's effect has died out, and from
+there on the earlier result stays (and is reused, not recomputed).
 Where the chain had already ended, the context is empty and the box of the chain's last non-empty slice is the
 correction's hint (an include point is then segmented with boxes of that size around it); an exclude point
 there has nothing to remove and is ignored.
@@ -98,15 +100,17 @@ class ChainParams:
     min_near_share: float = 0.5
     near_radius: float = 0.1
     # A correction's chain rejoins the chain it corrected (whose result was the context) on the first slice where
-    # their masks differ by at most this fraction of the voxels the correction changed on its own slice: the
-    # correction's effect has died out, and from there on the earlier result stays. Without it, a click that
+    # their masks differ by at most this fraction of the voxels the correction changed on its own slice, with the
+    # same parts, where that chain has not ended (a part an include click added, or an object it picked up after
+    # the chain had ended, is followed while it tapers): the correction's effect has died out, and from there on
+    # the earlier result stays. Without it, a click that
     # changed its slice by a few voxels redrew every slice beyond, and chaining amplifies small changes (the
     # mask-prompt candidate carries the previous slice's logits): on lung2 (box3d-clicks-5) a click changed 9
     # voxels of slice 20, none of slice 21, and 542 of slice 22, whose Dice fell from 0.825 to 0.576. None: off.
     join_fraction: float | None = 0.25
     # Between two prompted slices, each chain also runs through the other's half and adds the separate parts it
     # finds there (see ``ChainPropagator._cross_gaps``). Measured (benchmarks/bench_two_boxes.py, a second
-    # reference box on the shared cases): brain1 with a box on its second component's slice 11, 0.715 -> 0.817.
+    # reference box on the shared cases): brain1 with a box on its second component's slice 11, 0.715 -> 0.803.
     cross_gaps: bool = True
 
 
@@ -260,6 +264,7 @@ class ChainPropagator:
         if cached is not None:
             return cached, False
         result = self.predictor.predict(axis, index, prompt)
+        self._ran[index] = None
         self._seeds.put(key, result)
         return result, True
 
@@ -297,20 +302,16 @@ class ChainPropagator:
         parents: dict[int, tuple[int, int]] = {}
         while pending:
             covered = []
-            plan = plan_chains(sorted(fixed), direction, lo, hi, steps) if fixed else []
-            for s, step, last in plan:
+            for s, step, last in plan_chains(sorted(fixed), direction, lo, hi, steps) if fixed else []:
                 for c in pending:
                     if min(s, last) <= c <= max(s, last) and c != s:
-                        covered.append((abs(c - s), c, s, step, last))
+                        covered.append((abs(c - s), c, s, step))
             if covered:
-                _, c, s, step, last = min(covered)
+                _, c, s, step = min(covered)
                 context, last_mask = self._context_at(axis, ctx, fixed, parents, s, step, c, known, should_stop)
-                for t, t_step, t_last in plan if self.params.cross_gaps else []:
-                    if t_step == -step and t_last == last + step:  # the seed across the gap runs into it too
-                        theirs, _ = self._context_at(axis, ctx, fixed, parents, t, t_step, c, known, should_stop)
-                        owner = self._chain(axis, ctx, fixed, parents, s, step, known)
-                        runner = self._chain(axis, ctx, fixed, parents, t, t_step, known)
-                        context = self._with_parts_of(axis, c, context, theirs, owner, runner)
+                # what is shown there: the covering chain's mask and the parts a gap's other chain adds
+                owner = self._chain(axis, ctx, fixed, parents, s, step, known)
+                context = self._with_gap_parts(axis, c, context, owner, should_stop)
                 prompt = pending.pop(c)
                 if not context.any() and not (prompt.labels == 1).any():
                     log.info("exclude points on slice %d: the propagation left nothing there to remove", c)
@@ -344,10 +345,7 @@ class ChainPropagator:
             if should_stop():
                 raise PropagationCancelled("propagation was cancelled")
             index_next = chain.seed + chain.step * (len(chain.outcomes) + 1)
-            before = self._decoded
             self._extend(axis, chain, index_next, seed_result, known)
-            if self._decoded > before:
-                self._computed.add(index_next)  # reported as recomputed when _run streams it
         last = seed_result.mask if seed_result.mask.any() else None
         for outcome in chain.outcomes[:distance]:
             if outcome.mask.any():
@@ -380,8 +378,10 @@ class ChainPropagator:
             lo, hi = max(lo, known[0]), min(hi, known[1])
         ctx = self._context(axis)
         self._used: set = set()
-        self._computed: set[int] = set()  # slices the model ran for while resolving corrections
-        self._decoded = 0  # slices the model has run for (chains' slices, not seeds)
+        self._ran: dict[int, None] = {}  # slices the model ran for in this run, in order
+        # gaps between prompted slices (not corrections) that both prompts' chains run into (see _cross_gaps)
+        boxes = {i: p for i, p in prompts.items() if not p.points_only}
+        self._gap_state = (ctx, boxes, known, self._gaps(sorted(boxes), direction, lo, hi))
         try:
             if should_stop():
                 raise PropagationCancelled("propagation was cancelled")
@@ -404,17 +404,13 @@ class ChainPropagator:
         result = PropagationResult(axis, window=self.predictor.window)
         seeds = sorted(prompts)
         chains = plan_chains(seeds, direction, lo, hi, steps)
-        gaps = [(s, last, t) for s, step, last in chains for t, t_step, t_last in chains
-                if step == 1 and t_step == -1 and t_last == last + 1] if self.params.cross_gaps else []
-        total = len(seeds) + sum(abs(last - s) for s, _, last in chains) + sum(t - s - 1 for s, _, t in gaps)
+        gaps = self._gap_state[3]
+        total = len(seeds) + sum(abs(last - s) for s, _, last in chains) + sum(2 * (t - s - 1) for s, t in gaps)
         done = 0
 
-        def report(outcome: SliceOutcome | None, computed: bool, index: int | None = None) -> None:
-            """Stream ``outcome`` (None: nothing new on slice ``index``) and count one step of progress."""
+        def report(outcome: SliceOutcome | None) -> None:
+            """Stream ``outcome`` (None: nothing new) and count one step of progress."""
             nonlocal done
-            index = outcome.index if outcome is not None else index
-            if computed and index not in result.recomputed:
-                result.recomputed.append(index)
             if outcome is not None:
                 result.outcomes[outcome.index] = outcome
                 if on_slice is not None:
@@ -427,11 +423,12 @@ class ChainPropagator:
         for s in seeds:
             if should_stop():
                 raise PropagationCancelled("propagation was cancelled")
-            r, computed = self._seed_result(axis, ctx, s, prompts[s])
+            r, _ = self._seed_result(axis, ctx, s, prompts[s])
             seed_results[s] = r
-            report(SliceOutcome(s, r.mask, r.score, "prompt", s), computed)
+            report(SliceOutcome(s, r.mask, r.score, "prompt", s))
 
         active = [(self._chain(axis, ctx, prompts, parents, s, step, known), last) for s, step, last in chains]
+        owners: dict[int, _Chain] = {}  # the chain whose result each propagated slice shows
 
         # Round-robin one slice per chain so results arrive outward from all seeds at once.
         distance = 1
@@ -440,85 +437,99 @@ class ChainPropagator:
                 if abs(last - chain.seed) < distance:
                     continue
                 index = chain.seed + chain.step * distance
+                owners[index] = chain
                 if distance <= len(chain.outcomes):
-                    report(chain.outcomes[distance - 1], index in self._computed)
+                    report(chain.outcomes[distance - 1])
                     continue
                 if should_stop():
                     raise PropagationCancelled("propagation was cancelled")
-                before = self._decoded
-                outcome = self._extend(axis, chain, index, seed_results[chain.seed], known)
-                report(outcome, self._decoded > before)
+                report(self._extend(axis, chain, index, seed_results[chain.seed], known))
             distance += 1
-        if self.params.cross_gaps:
-            self._cross_gaps(axis, ctx, prompts, parents, gaps, seed_results, known, result, report, should_stop)
+        self._cross_gaps(axis, gaps, owners, result, report, should_stop)
+        result.recomputed = list(self._ran)
         return result
 
-    def _cross_gaps(self, axis, ctx, prompts, parents, gaps, seed_results, known, result, report, should_stop
-                    ) -> None:
-        """Between two seeds that both run into the gap, each chain also runs on through the other's half; a
-        slice there gets the parts of the other chain's mask that do not touch its own result (or the other
-        chain's whole mask where its own chain has ended). Two prompts on two parts of an object (two lesions,
-        or a part the first prompt's chain never reaches) then both reach the slices between them."""
-        runs = []
-        for s, last, t in gaps:
-            up = self._chain(axis, ctx, prompts, parents, s, 1, known)
-            down = self._chain(axis, ctx, prompts, parents, t, -1, known)
-            runs.append((up, range(last + 1, t), down))
-            runs.append((down, range(last, s, -1), up))
-        longest = max((len(r) for _, r, _ in runs), default=0)
-        for k in range(longest):
-            for chain, indices, owner in runs:
-                if k >= len(indices):
-                    continue
-                index = indices[k]
-                distance = abs(index - chain.seed)
-                computed = index in self._computed
-                if distance > len(chain.outcomes):
-                    if should_stop():
-                        raise PropagationCancelled("propagation was cancelled")
-                    before = self._decoded
-                    self._extend(axis, chain, index, seed_results[chain.seed], known)
-                    computed = self._decoded > before
-                theirs = chain.outcomes[distance - 1]
-                own = result.outcomes[index]
-                merged = self._with_parts_of(axis, index, own.mask, theirs.mask, owner, chain)
-                if merged is own.mask:
-                    report(None, computed, index)
-                elif not (merged & own.mask).any():  # all of it from the other chain
-                    report(SliceOutcome(index, merged, theirs.score, theirs.source, theirs.seed), computed)
-                else:
-                    report(SliceOutcome(index, merged, own.score, own.source, own.seed), computed)
+    def _gaps(self, boxes: list[int], direction: str, lo: int, hi: int) -> list[tuple[int, int]]:
+        """(s, t): neighbouring prompted slices (corrections not counted) whose chains both run into the gap
+        between them (``cross_gaps`` on)."""
+        if not self.params.cross_gaps:
+            return []
+        plan = plan_chains(boxes, direction, lo, hi)
+        return [(s, t) for s, step, last in plan for t, t_step, t_last in plan
+                if step == 1 and t_step == -1 and t_last == last + 1]
 
-    def _with_parts_of(self, axis: str, index: int, own: np.ndarray, other: np.ndarray, owner: _Chain,
-                       runner: _Chain) -> np.ndarray:
-        """A slice of a gap two chains run into: ``own`` (the owning chain's mask on slice ``index``) without
-        its separate parts that fail the other (``runner``) seed's intensity rule, plus the runner's separate
-        parts (``other``) that pass the owner's: a part of the object should look like it to both prompts (at
-        least ``min_intensity_fraction`` of its voxels in the seed's grey-level range). Measured on brain1 with
-        boxes on slices 11 and 16: the parts the chain from 11 found beyond the object's second component held
-        0-1 % of the other seed's grey levels, the real parts 46-96 %."""
+    def _cross_gaps(self, axis, gaps, owners, result, report, should_stop) -> None:
+        """Between two prompted slices s < t that both run into the gap, the chain from s also runs on to t - 1
+        and the chain from t down to s + 1; each propagated slice there gets the parts of the other chain's mask
+        that do not overlap what it shows and that look like the object to the chain it shows (see
+        ``_with_parts_of``). Two prompts on two parts of an object (two lesions, or a part the first prompt's
+        chain never reaches) then both reach the slices between them. Corrections inside the gap own slices like
+        any chain, and the two prompts' chains still add their parts around them."""
+        ctx, boxes, known, _ = self._gap_state
+        for s, t in gaps:
+            up = self._chain(axis, ctx, boxes, {}, s, 1, known)
+            down = self._chain(axis, ctx, boxes, {}, t, -1, known)
+            for k in range(1, t - s):
+                for runner, index in ((up, s + k), (down, t - k)):
+                    owner = owners.get(index)
+                    if owner is None or owner is runner:  # a prompted slice, or the runner's own result
+                        report(None)
+                        continue
+                    theirs = self._runner_outcome(axis, runner, index, should_stop)
+                    shown = result.outcomes[index]
+                    merged = self._with_parts_of(axis, index, shown.mask, theirs.mask, owner)
+                    if merged is shown.mask:
+                        report(None)
+                    elif shown.mask.any():
+                        report(SliceOutcome(index, merged, shown.score, shown.source, shown.seed, shown.stopped))
+                    else:
+                        report(SliceOutcome(index, merged, theirs.score, theirs.source, theirs.seed))
+
+    def _runner_outcome(self, axis: str, runner: _Chain, index: int, should_stop: Callable[[], bool]
+                        ) -> SliceOutcome:
+        """A gap's chain's outcome on ``index``, extending the (cached) chain as far as needed."""
+        ctx, boxes, known, _ = self._gap_state
+        seed_result, _ = self._seed_result(axis, ctx, runner.seed, boxes[runner.seed])
+        distance = abs(index - runner.seed)
+        while len(runner.outcomes) < distance:
+            if should_stop():
+                raise PropagationCancelled("propagation was cancelled")
+            self._extend(axis, runner, runner.seed + runner.step * (len(runner.outcomes) + 1), seed_result, known)
+        return runner.outcomes[distance - 1]
+
+    def _with_gap_parts(self, axis: str, index: int, own: np.ndarray, owner: _Chain,
+                        should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
+        """``own`` (``owner``'s mask on slice ``index``) as shown there: with the parts that the chains of a gap
+        holding ``index`` add (see ``_cross_gaps``); ``own`` itself outside such gaps."""
+        ctx, boxes, known, gaps = self._gap_state
+        for s, t in gaps:
+            if s < index < t:
+                for seed, step in ((s, 1), (t, -1)):
+                    runner = self._chain(axis, ctx, boxes, {}, seed, step, known)
+                    if runner is not owner:
+                        theirs = self._runner_outcome(axis, runner, index, should_stop)
+                        own = self._with_parts_of(axis, index, own, theirs.mask, owner)
+        return own
+
+    def _with_parts_of(self, axis: str, index: int, own: np.ndarray, other: np.ndarray, owner: _Chain
+                       ) -> np.ndarray:
+        """``own`` (the mask ``owner``'s result shows on slice ``index``) plus the parts of ``other`` that do not
+        overlap it and that pass ``owner``'s intensity rule (at least ``min_intensity_fraction`` of their voxels
+        in its seed's grey-level range): measured on brain1 with boxes on slices 11 and 16, the parts the chain
+        from 11 found beyond the object's second component held 0-1 % of the other seed's grey levels, the real
+        parts 46-96 %. ``own`` itself when nothing is added."""
         if not other.any():
             return own
-        if self.params.min_intensity_fraction <= 0:
+        rng = owner.intensity_range
+        if rng is None or self.params.min_intensity_fraction <= 0:
             return with_separate_parts(own, other)
         grey = self.grey(axis, index)
 
-        def rule(chain: _Chain) -> Callable[[np.ndarray], bool]:
-            rng = chain.intensity_range
-            if rng is None:
-                return lambda part: True
-            return lambda part: float(np.mean((grey[part] >= rng[0]) & (grey[part] <= rng[1]))
-                                      ) >= self.params.min_intensity_fraction
+        def looks_like_the_object(part: np.ndarray) -> bool:
+            values = grey[part]
+            return float(np.mean((values >= rng[0]) & (values <= rng[1]))) >= self.params.min_intensity_fraction
 
-        kept = own
-        if own.any():
-            labels = connected_components(own)
-            overlapping = set(np.unique(labels[other & (labels > 0)]).tolist())
-            dropped = [n for n in range(1, int(labels.max()) + 1)
-                       if n not in overlapping and not rule(runner)(labels == n)]
-            if dropped:
-                kept = own & ~np.isin(labels, dropped)
-        return with_separate_parts(kept, other, rule(owner))
+        return with_separate_parts(own, other, looks_like_the_object)
 
     def _candidates(self, axis: str, index: int, prev: np.ndarray, logits, grey: np.ndarray,
                     intensity_range: tuple[float, float] | None) -> list[tuple[str, np.ndarray, float, object]]:
@@ -612,7 +623,7 @@ class ChainPropagator:
             outcome = SliceOutcome(index, empty, 0.0, "propagated", chain.seed, stopped="empty")
             chain.outcomes.append(outcome)
             return outcome
-        self._decoded += 1
+        self._ran[index] = None
         grey = self.grey(axis, index)
         candidates = self._candidates(axis, index, prev.mask, chain.last_logits, grey, chain.intensity_range)
         name, mask, score, logits = max(candidates, key=lambda c: self._quality(grey, c[1], c[2],
@@ -644,7 +655,9 @@ class ChainPropagator:
             outcome = SliceOutcome(index, mask, score, "propagated", chain.seed)
             if chain.parent is not None and self.params.join_fraction is not None:
                 theirs = self._parent_outcome(axis, chain, index, known)
-                if (mask != theirs.mask).sum() <= self.params.join_fraction * chain.change:
+                shown = self._with_gap_parts(axis, index, theirs.mask, chain.parent[0])
+                # same parts: a part the correction alone found (an ended chain's slice is empty) is followed on
+                if _same_parts(mask, shown) and (mask != shown).sum() <= self.params.join_fraction * chain.change:
                     log.info("chain from corrected slice %d rejoins the chain from slice %d at slice %d",
                              chain.seed, chain.parent[0].seed, index)
                     chain.joined = True
@@ -663,7 +676,7 @@ class ChainPropagator:
 
 def with_separate_parts(own: np.ndarray, other: np.ndarray,
                         keep: Callable[[np.ndarray], bool] = lambda part: True) -> np.ndarray:
-    """``own`` (2D bool) plus the 8-connected parts of ``other`` that do not touch it and that ``keep`` accepts;
+    """``own`` (2D bool) plus the 8-connected parts of ``other`` that do not overlap it and that ``keep`` accepts;
     ``own`` itself (the same object) when nothing is added."""
     if not other.any():
         return own
@@ -675,6 +688,15 @@ def with_separate_parts(own: np.ndarray, other: np.ndarray,
         if label not in touching and keep(part):
             added |= part
     return own | added if added.any() else own
+
+
+def _same_parts(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether every 8-connected part of each 2D mask overlaps the other mask (no part found by one alone)."""
+    for one, other in ((a, b), (b, a)):
+        labels = connected_components(one)
+        if np.setdiff1d(np.unique(labels[one]), np.unique(labels[one & other])).size:
+            return False
+    return True
 
 
 def _parts(mask: np.ndarray, min_fraction: float) -> list[np.ndarray]:

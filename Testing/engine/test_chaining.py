@@ -328,3 +328,29 @@ def test_a_part_the_other_prompt_would_not_call_the_object_is_not_added_between_
     np.testing.assert_array_equal(mask[:13] & b_region[:13], obj[:13] & b_region[:13])  # lesion B complete
     without_the_rule = propagate(prompts, min_intensity_fraction=0.0)
     assert (without_the_rule[13:17] & b_region[13:17]).any()
+
+
+def test_crossing_a_gap_never_removes_what_a_prompt_found():
+    """Two lesions of different grey levels (1000 and 600), a box on each: neither looks like the other's
+    object, so nothing is added between them, and nothing either chain found is removed."""
+    import dataclasses
+
+    from SAMSegmentLib.propagation.chaining import ChainParams
+    from SAMSegmentLib.windowing import Window
+
+    volume, obj = _two_lesions()
+    b = np.zeros_like(obj)
+    b[:, 32:, 32:] = obj[:, 32:, 32:]
+    volume.array[b] = 600
+    prompts = {16: SlicePrompt(box=box_from_mask(obj[16] & ~b[16])), 6: SlicePrompt(box=box_from_mask(b[6]))}
+
+    def propagate(cross: bool) -> np.ndarray:
+        session = SegmentationSession(ThresholdModel(), volume, window=Window(0, 1000),
+                                      chain_params=dataclasses.replace(ChainParams(), cross_gaps=cross))
+        return session.propagate("K", prompts, "both").to_volume(obj.shape)
+
+    crossed = propagate(True)
+    np.testing.assert_array_equal(crossed, propagate(False))
+    a = obj & ~b
+    np.testing.assert_array_equal(crossed & a, a & (np.arange(24) >= 12)[:, None, None])  # A where 16's chain owns
+    np.testing.assert_array_equal(crossed & b, b & (np.arange(24) <= 11)[:, None, None])  # B where 6's chain owns

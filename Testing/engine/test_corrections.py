@@ -239,3 +239,56 @@ def test_a_click_in_a_one_voxel_band_adds_the_band_voxel_not_the_tissue_beyond(m
     monkeypatch.setattr(predictor, "SMALL_DISC_VOXELS", 0)  # without the rule the model's region is taken
     spilled = session_for(volume).preview("K", SEED, click).mask
     assert spilled[32, 40] and not obj[SEED, 32, 40]
+
+
+def test_a_part_an_include_click_adds_is_followed_while_it_tapers():
+    """The rejoin rule never cuts a part the correction found alone: a separate part that shrinks below a quarter
+    of its clicked-slice area is still followed to its end."""
+    volume, obj = blob_volume()
+    yy, xx = np.mgrid[0:64, 0:64]
+    part = np.zeros_like(obj)
+    for k, r in zip(range(15, 21), (7, 6, 4, 3, 2, 2), strict=True):
+        part[k] = (xx - 54) ** 2 + (yy - 8) ** 2 <= r * r
+    volume.array[part] = 1000
+    session = session_for(volume)
+    seed = {SEED: SlicePrompt(box=box_from_mask(obj[SEED]))}
+    session.propagate("K", seed, "both")
+    mask = session.propagate("K", {**seed, 15: SlicePrompt(points=[[54, 8]], labels=[1])}, "both").to_volume(
+        obj.shape)
+    assert [int((mask[k] & part[k]).sum()) for k in range(15, 21)] == [int(part[k].sum()) for k in range(15, 21)]
+
+
+def test_a_click_that_picks_the_object_up_after_the_chain_ended_follows_it_to_its_end():
+    """Slice 21 is dim, so the seed's chain ends there; an include click on slice 22 finds the object again and
+    its chain follows it as it tapers (it does not rejoin the ended chain's empty slices)."""
+    array = np.zeros((30, 64, 64), dtype=np.int16)
+    yy, xx = np.mgrid[0:64, 0:64]
+    obj = np.zeros(array.shape, dtype=bool)
+    for k in range(8, 27):
+        r = {23: 7, 24: 4, 25: 3, 26: 2}.get(k, 10)
+        obj[k] = (xx - 32) ** 2 + (yy - 32) ** 2 <= r * r
+    array[obj] = 1000
+    array[21][obj[21]] = 100
+    session = session_for(Volume(array, np.diag([1.0, 1.0, 3.0, 1.0])))
+    seed = {SEED: SlicePrompt(box=box_from_mask(obj[SEED]))}
+    assert not session.propagate("K", seed, "both").to_volume(obj.shape)[21:].any()
+    mask = session.propagate("K", {**seed, 22: SlicePrompt(points=[[32, 32]], labels=[1])}, "both").to_volume(
+        obj.shape)
+    np.testing.assert_array_equal(mask[22:], obj[22:])
+
+
+def test_a_click_between_two_prompts_keeps_what_the_far_prompt_added_on_the_slices_before_it():
+    """Boxes on two lesions (slices 6 and 16); a click on slice 11 that changes nothing there: the slices between
+    the near box and the click keep the far lesion, and the click's chain rejoins at once."""
+    from test_chaining import _two_lesions
+
+    volume, obj = _two_lesions()
+    prompts = {16: SlicePrompt(box=box_from_mask(obj[16])),
+               6: SlicePrompt(box=box_from_mask(obj[6] & (np.arange(64)[:, None] > 32)))}
+    session = session_for(volume)
+    first = session.propagate("K", prompts, "both")
+    assert first.outcomes[11].mask[44, 44]
+    second = session.propagate("K", {**prompts, 11: SlicePrompt(points=[[44, 44]], labels=[1])}, "both")
+    np.testing.assert_array_equal(second.to_volume(obj.shape), first.to_volume(obj.shape))
+    np.testing.assert_array_equal(second.to_volume(obj.shape), obj)
+    assert sorted(second.recomputed) == [11, 12]
