@@ -28,8 +28,8 @@ the seed whose chain reached it; the slices between that seed and the correction
 correction fixes what is wrong where it was made and beyond, not the part the user had no reason to touch).
 The correction's chain rejoins the chain it corrected on the first slice where its mask differs from what that
 chain shows there by at most ``join_fraction`` of the voxels the correction changed, with the same parts (no
-part found by one alone), and where that chain has not ended: the correction's effect has died out, and from
-there on the earlier result stays (and is reused, not recomputed).
+part found by one alone; an ended chain's empty slice never qualifies): the correction's effect has died out,
+and from there on the earlier result stays (and is reused, not recomputed).
 Where the chain had already ended, the context is empty and the box of the chain's last non-empty slice is the
 correction's hint (an include point is then segmented with boxes of that size around it); an exclude point
 there has nothing to remove and is ignored.
@@ -100,13 +100,14 @@ class ChainParams:
     min_near_share: float = 0.5
     near_radius: float = 0.1
     # A correction's chain rejoins the chain it corrected (whose result was the context) on the first slice where
-    # their masks differ by at most this fraction of the voxels the correction changed on its own slice, with the
-    # same parts, where that chain has not ended (a part an include click added, or an object it picked up after
-    # the chain had ended, is followed while it tapers): the correction's effect has died out, and from there on
-    # the earlier result stays. Without it, a click that
-    # changed its slice by a few voxels redrew every slice beyond, and chaining amplifies small changes (the
-    # mask-prompt candidate carries the previous slice's logits): on lung2 (box3d-clicks-5) a click changed 9
-    # voxels of slice 20, none of slice 21, and 542 of slice 22, whose Dice fell from 0.825 to 0.576. None: off.
+    # their masks differ by at most this fraction of the voxels the correction changed on its own slice and have
+    # the same parts (so a part an include click added, or an object it picked up after the chain had ended, is
+    # followed while it tapers): the correction's effect has died out, and from there on the earlier result
+    # stays. Without it, a click that changed its slice by a few voxels redrew every slice beyond, and chaining
+    # amplifies small changes (the mask-prompt candidate carries the previous slice's logits): on lung2
+    # (box3d-clicks-5) a click changed 9 voxels of slice 20, none of slice 21, and 542 of slice 22, whose Dice
+    # fell from 0.825 to 0.576. Measured (benchmarks/bench_click_rejoin.py): 2.8 slices re-run per click instead
+    # of 8.3. None: off.
     join_fraction: float | None = 0.25
     # Between two prompted slices, each chain also runs through the other's half and adds the separate parts it
     # finds there (see ``ChainPropagator._cross_gaps``). Measured (benchmarks/bench_two_boxes.py, a second
@@ -522,14 +523,14 @@ class ChainPropagator:
             return own
         rng = owner.intensity_range
         if rng is None or self.params.min_intensity_fraction <= 0:
-            return with_separate_parts(own, other)
+            return _with_separate_parts(own, other)
         grey = self.grey(axis, index)
 
         def looks_like_the_object(part: np.ndarray) -> bool:
             values = grey[part]
             return float(np.mean((values >= rng[0]) & (values <= rng[1]))) >= self.params.min_intensity_fraction
 
-        return with_separate_parts(own, other, looks_like_the_object)
+        return _with_separate_parts(own, other, looks_like_the_object)
 
     def _candidates(self, axis: str, index: int, prev: np.ndarray, logits, grey: np.ndarray,
                     intensity_range: tuple[float, float] | None) -> list[tuple[str, np.ndarray, float, object]]:
@@ -674,7 +675,7 @@ class ChainPropagator:
         return parent.outcomes[distance - 1]
 
 
-def with_separate_parts(own: np.ndarray, other: np.ndarray,
+def _with_separate_parts(own: np.ndarray, other: np.ndarray,
                         keep: Callable[[np.ndarray], bool] = lambda part: True) -> np.ndarray:
     """``own`` (2D bool) plus the 8-connected parts of ``other`` that do not overlap it and that ``keep`` accepts;
     ``own`` itself (the same object) when nothing is added."""
