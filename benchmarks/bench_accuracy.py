@@ -79,6 +79,13 @@ class DiskCachedModel(SliceModel):
         return self.inner.mask_to_low_res(*args, **kwargs)
 
 
+def default_model(embedding_cache: Path | None = None, backend: str = "auto", precision: str = "auto") -> SliceModel:
+    """LiteMedSAM on the CPU with the CLI's defaults (printed), its encoder outputs kept in ``embedding_cache``."""
+    model = load_model("litemedsam", device="cpu", backend=backend, precision=precision)
+    print(f"LiteMedSAM on the CPU, backend {model.backend}, precision {model.precision}")
+    return DiskCachedModel(model, embedding_cache) if embedding_cache else model
+
+
 def load_case(name: str):
     folder, image, label, value, axis = CASES[name]
     volume = read_volume(DATA / folder / image)
@@ -96,10 +103,7 @@ def main() -> int:
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     args = parser.parse_args()
-    model = load_model("litemedsam", device="cpu", backend=args.backend, precision=args.precision)
-    print(f"LiteMedSAM on the CPU, backend {model.backend}, precision {model.precision}")
-    if args.embedding_cache:
-        model = DiskCachedModel(model, args.embedding_cache)
+    model = default_model(args.embedding_cache, args.backend, args.precision)
     results: dict = {}
     print("| case | protocol | Dice | NSD 2 mm | DSC_AUC | Dice per click | clicked-slice Dice change | window | s |")
     print("|---|---|---:|---:|---:|---|---|---|---:|")

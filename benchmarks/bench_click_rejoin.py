@@ -22,11 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from bench_accuracy import CASES, DiskCachedModel, load_case  # noqa: E402
+from bench_accuracy import CASES, default_model, load_case  # noqa: E402
 
 from SAMSegmentLib.evaluation import add_click, box3d_prompt, next_click  # noqa: E402
 from SAMSegmentLib.metrics import dice  # noqa: E402
-from SAMSegmentLib.models import load_model  # noqa: E402
 from SAMSegmentLib.propagation.chaining import ChainParams  # noqa: E402
 from SAMSegmentLib.session import SegmentationSession  # noqa: E402
 from SAMSegmentLib.windowing import parse_window  # noqa: E402
@@ -58,10 +57,7 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--embedding-cache", default=None, type=Path)
     args = parser.parse_args()
-    model = load_model("litemedsam", device="cpu")
-    print(f"LiteMedSAM on the CPU, backend {model.backend}, precision {model.precision}")
-    if args.embedding_cache:
-        model = DiskCachedModel(model, args.embedding_cache)
+    model = default_model(args.embedding_cache)
     settings = {"rejoin (default)": ChainParams(), "redraw (baseline)": dataclasses.replace(ChainParams(),
                                                                                             join_fraction=None)}
     totals: dict[str, tuple[list[int], list[float]]] = {name: ([], []) for name in settings}

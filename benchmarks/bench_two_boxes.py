@@ -23,11 +23,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from bench_accuracy import CASES, DiskCachedModel, load_case  # noqa: E402
+from bench_accuracy import CASES, default_model, load_case  # noqa: E402
 
 from SAMSegmentLib.evaluation import largest_slice, one_box_prompt, slice_areas  # noqa: E402
 from SAMSegmentLib.metrics import dice  # noqa: E402
-from SAMSegmentLib.models import load_model  # noqa: E402
 from SAMSegmentLib.prompts import SlicePrompt, box_from_mask  # noqa: E402
 from SAMSegmentLib.propagation.chaining import ChainParams  # noqa: E402
 from SAMSegmentLib.session import SegmentationSession  # noqa: E402
@@ -55,10 +54,7 @@ def main() -> int:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--embedding-cache", default=None, type=Path)
     args = parser.parse_args()
-    model = load_model("litemedsam", device="cpu")
-    print(f"LiteMedSAM on the CPU, backend {model.backend}, precision {model.precision}")
-    if args.embedding_cache:
-        model = DiskCachedModel(model, args.embedding_cache)
+    model = default_model(args.embedding_cache)
     crossing, baseline = ChainParams(), dataclasses.replace(ChainParams(), cross_gaps=False)
     print("| case | one box (slice) | second box slice | two boxes, gap not crossed | two boxes, gap crossed | change |")
     print("|---|---|---:|---:|---:|---:|")

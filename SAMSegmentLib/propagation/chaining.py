@@ -140,13 +140,17 @@ class _Chain:
         self.parent: tuple[_Chain, SliceResult] | None = None
         self.change = 0
         self.joined = False
+        self.joined_at: int | None = None  # outcomes from this position on are the parent's
 
     def reach(self) -> int:
         return self.seed + self.step * len(self.outcomes)
 
     @property
     def nbytes(self) -> int:
-        total = sum(o.mask.nbytes for o in self.outcomes)
+        """Bytes of its masks and logits; a joined chain's outcomes from the join on are its parent's, counted
+        there."""
+        own = self.outcomes[: self.joined_at] if self.joined_at is not None else self.outcomes
+        total = sum(o.mask.nbytes for o in own)
         if self.last_logits is not None:
             total += self.last_logits.numel() * self.last_logits.element_size()
         return total
@@ -661,7 +665,7 @@ class ChainPropagator:
                 if _same_parts(mask, shown) and (mask != shown).sum() <= self.params.join_fraction * chain.change:
                     log.info("chain from corrected slice %d rejoins the chain from slice %d at slice %d",
                              chain.seed, chain.parent[0].seed, index)
-                    chain.joined = True
+                    chain.joined, chain.joined_at = True, len(chain.outcomes)
                     outcome = theirs
         chain.outcomes.append(outcome)
         return outcome

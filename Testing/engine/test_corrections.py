@@ -292,3 +292,21 @@ def test_a_click_between_two_prompts_keeps_what_the_far_prompt_added_on_the_slic
     np.testing.assert_array_equal(second.to_volume(obj.shape), first.to_volume(obj.shape))
     np.testing.assert_array_equal(second.to_volume(obj.shape), obj)
     assert sorted(second.recomputed) == [11, 12]
+
+
+def test_a_rejoined_chain_does_not_count_the_slices_it_shares_with_its_parent():
+    """The chain cache's budget counts a joined chain's own slices only: from the join on its outcomes are the
+    parent's, already counted there (counted twice, the cache evicted early)."""
+    volume, obj = blob_volume()
+    obj[17, 50:55, 52:57] = True
+    volume.array[obj] = 1000
+    session = session_for(volume)
+    seed = {SEED: SlicePrompt(box=box_from_mask(obj[SEED]))}
+    session.propagate("K", seed, "both")
+    session.propagate("K", {**seed, 17: SlicePrompt(points=[[54, 52]], labels=[1])}, "both")
+    chains = list(session._chain._chains._items.values())
+    joined = [c for c in chains if c.joined]
+    assert len(joined) == 1 and joined[0].seed == 17
+    child = joined[0]
+    assert len(child.outcomes) == 12 and child.joined_at == 0  # slice 18 already agreed: all 12 are the parent's
+    assert child.nbytes == child.last_logits.numel() * child.last_logits.element_size()
