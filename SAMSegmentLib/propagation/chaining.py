@@ -313,9 +313,9 @@ class ChainPropagator:
                         covered.append((abs(c - s), c, s, step))
             if covered:
                 _, c, s, step = min(covered)
-                context, last_mask = self._context_at(axis, ctx, fixed, parents, s, step, c, known, should_stop)
+                context, last_mask, owner = self._context_at(axis, ctx, fixed, parents, s, step, c, known,
+                                                             should_stop)
                 # what is shown there: the covering chain's mask and the parts a gap's other chain adds
-                owner = self._chain(axis, ctx, fixed, parents, s, step, known)
                 context = self._with_gap_parts(axis, c, context, owner, should_stop)
                 prompt = pending.pop(c)
                 if not context.any() and not (prompt.labels == 1).any():
@@ -340,9 +340,9 @@ class ChainPropagator:
 
     def _context_at(self, axis: str, ctx: tuple, prompts: dict[int, SlicePrompt], parents: dict[int, tuple[int, int]],
                     seed: int, step: int, index: int, known: tuple[int, int] | None, should_stop: Callable[[], bool]
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(the chain's mask on ``index``, the chain's last non-empty mask up to there or None), extending the
-        (cached) chain from ``seed`` as far as needed."""
+                    ) -> tuple[np.ndarray, np.ndarray | None, _Chain]:
+        """(the chain's mask on ``index``, the chain's last non-empty mask up to there or None, the chain),
+        extending the (cached) chain from ``seed`` as far as needed."""
         seed_result, _ = self._seed_result(axis, ctx, seed, prompts[seed])
         chain = self._chain(axis, ctx, prompts, parents, seed, step, known)
         distance = abs(index - seed)
@@ -355,7 +355,7 @@ class ChainPropagator:
         for outcome in chain.outcomes[:distance]:
             if outcome.mask.any():
                 last = outcome.mask
-        return chain.outcomes[distance - 1].mask, last
+        return chain.outcomes[distance - 1].mask, last, chain
 
     def run(
         self,
