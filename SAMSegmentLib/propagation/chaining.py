@@ -549,10 +549,10 @@ class ChainPropagator:
         out = []
         prompt = self.next_prompt(prev)
         mask_logits = logits if p.use_mask_prompt else None
-        r = self.predictor.predict(axis, index, prompt, mask_logits=mask_logits, multimask=False)
+        r = self.predictor.predict(axis, index, prompt, mask_logits=mask_logits, multimask=False, box_trials=False)
         out.append(("box", r.mask, r.score, r.low_res_logits))
         if p.mask_prompt_candidate and not p.use_mask_prompt and logits is not None:
-            r = self.predictor.predict(axis, index, prompt, mask_logits=logits, multimask=False)
+            r = self.predictor.predict(axis, index, prompt, mask_logits=logits, multimask=False, box_trials=False)
             out.append(("box+mask", r.mask, r.score, r.low_res_logits))
         parts = _parts(prev, p.part_min_fraction) if p.per_part_boxes else []
         if len(parts) > 1:
@@ -560,7 +560,7 @@ class ChainPropagator:
             scores = []
             for part in parts:
                 box = grow_box(box_from_mask(part), prev.shape, p.box_margin_fraction, p.box_margin_min)
-                rp = self.predictor.predict(axis, index, SlicePrompt(box=box), multimask=False)
+                rp = self.predictor.predict(axis, index, SlicePrompt(box=box), multimask=False, box_trials=False)
                 union |= rp.mask
                 scores.append(rp.score)
             out.append(("parts", union, float(min(scores)), None))
@@ -568,7 +568,7 @@ class ChainPropagator:
                                                for c in out) < p.intensity_fallback:
             box = self._intensity_box(grey, prev, intensity_range)
             if box is not None:
-                r = self.predictor.predict(axis, index, SlicePrompt(box=box), multimask=False)
+                r = self.predictor.predict(axis, index, SlicePrompt(box=box), multimask=False, box_trials=False)
                 if r.score > max(c[2] for c in out) and self._quality(grey, r.mask, r.score,
                                                                        intensity_range) >= p.intensity_fallback:
                     out.append(("intensity-box", r.mask, r.score, r.low_res_logits))
@@ -639,7 +639,7 @@ class ChainPropagator:
             # the 3D box says the object goes on here: look for it by intensity next to where it was
             box = self._intensity_box(grey, prev.mask, chain.intensity_range)
             if box is not None:
-                r = self.predictor.predict(axis, index, SlicePrompt(box=box), multimask=False)
+                r = self.predictor.predict(axis, index, SlicePrompt(box=box), multimask=False, box_trials=False)
                 if self._quality(grey, r.mask, r.score, chain.intensity_range) > self._quality(
                         grey, mask, score, chain.intensity_range):
                     name, mask, score, logits = "intensity", r.mask, r.score, r.low_res_logits

@@ -227,7 +227,7 @@ class _ScriptedPredictor:
     def __init__(self, found: np.ndarray, tissue: np.ndarray) -> None:
         self.found, self.tissue = found, tissue
 
-    def predict(self, axis, index, prompt, mask_logits=None, multimask=None):
+    def predict(self, axis, index, prompt, mask_logits=None, multimask=None, box_trials=True):
         import torch
 
         from SAMSegmentLib.predictor import SliceResult

@@ -8,6 +8,7 @@ import pytest
 from doubles import ThresholdModel
 from test_chaining import blob_volume
 
+from SAMSegmentLib.predictor import BOX_TRIALS
 from SAMSegmentLib.prompts import PromptError, SlicePrompt, box_from_mask
 from SAMSegmentLib.propagation.chaining import ChainPropagator
 from SAMSegmentLib.propagation.plan import PropagationCancelled
@@ -217,7 +218,8 @@ def test_a_correction_on_a_fresh_session_counts_and_cancels_the_chain_it_needs()
 
     with pytest.raises(PropagationCancelled):
         session.propagate("K", prompts, "both", should_stop=stop_after_two_slices)
-    assert model.decode_calls < 10  # stopped inside the correction's chain, not after the whole propagation
+    # the seed's box trials, then two slices: stopped inside the correction's chain, not after the whole propagation
+    assert model.decode_calls < 10 + len(BOX_TRIALS) - 1
 
 
 def test_a_click_in_a_one_voxel_band_adds_the_band_voxel_not_the_tissue_beyond(monkeypatch):
