@@ -10,7 +10,7 @@ from doubles import BoxModel
 from test_chaining import blob_volume
 
 from SAMSegmentLib.models.base import Decoded
-from SAMSegmentLib.predictor import BOX_TRIALS, SlicePredictor, trial_boxes
+from SAMSegmentLib.predictor import BOX_TRIALS, SlicePredictor, box_footprint, trial_boxes
 from SAMSegmentLib.prompts import SlicePrompt, box_from_mask
 from SAMSegmentLib.session import SegmentationSession
 from SAMSegmentLib.slices import SliceGeometry
@@ -19,8 +19,9 @@ from SAMSegmentLib.windowing import Window
 
 
 class WidthLovingModel(BoxModel):
-    """Segments the box it is given (like BoxModel); its predicted IoU is highest for a box ``best_width`` model
-    pixels wide. Records every box it decodes."""
+    """Like the real models with a too tight box: a box narrower than ``best_width`` model pixels gets a mask
+    shrunk by half the shortfall on every side, and a lower predicted IoU the further its width is from
+    ``best_width``. Records every box it decodes."""
 
     def __init__(self, best_width: float) -> None:
         super().__init__()
@@ -28,12 +29,15 @@ class WidthLovingModel(BoxModel):
         self.boxes: list[np.ndarray] = []
 
     def decode(self, embedding, points=None, labels=None, box=None, mask_input=None, multimask=False) -> Decoded:
-        out = super().decode(embedding, points, labels, box, mask_input, multimask)
         if box is None:
-            return out
+            return super().decode(embedding, points, labels, box, mask_input, multimask)
         box = np.asarray(box, dtype=float).reshape(-1)
         self.boxes.append(box)
-        score = 0.95 - 0.01 * abs((box[2] - box[0] + 1) - self.best_width)
+        width = box[2] - box[0] + 1
+        shrink = max(0.0, self.best_width - width) / 2
+        inner = box + np.array([shrink, shrink, -shrink, -shrink])
+        out = super().decode(embedding, points, labels, inner, mask_input, multimask)
+        score = 0.95 - 0.01 * abs(width - self.best_width)
         return Decoded(out.low_res_logits, torch.tensor([score]))
 
 
@@ -52,22 +56,32 @@ def test_trial_boxes_grow_by_model_pixels_along_each_axis_and_stay_on_the_slice(
     assert all(b[0] == 0 and b[3] == 49 and b[2] <= 99 for b in edge) and len(edge) == len(BOX_TRIALS)
 
 
-def test_a_drawn_box_keeps_the_trial_the_model_is_surest_of():
+def test_a_drawn_box_keeps_the_trial_the_model_is_surest_of_inside_the_drawn_box():
     volume = Volume(np.zeros((3, 64, 64), dtype=np.int16))
     model = WidthLovingModel(best_width=24.0)  # identity geometry: model pixels are voxels, unit = 0.25 voxel
     predictor = SlicePredictor(model, volume, window=Window(0, 100))
     drawn = np.array([20.0, 20.0, 41.0, 41.0])  # 22 voxels wide: 4 pixels at 256 on each side make it 24
     result = predictor.predict("K", 1, SlicePrompt(box=drawn))
-    expected = np.zeros((64, 64), bool)
-    expected[19:43, 19:43] = True
-    assert np.array_equal(result.mask, expected)
     assert len(model.boxes) == len(BOX_TRIALS)
+    assert result.score == pytest.approx(0.95)  # the 24-wide trial, whose mask is not shrunk ...
+    assert np.array_equal(result.mask, box_footprint(drawn, (64, 64)))  # ... cut to the drawn box
+    assert not (result.logits[~result.mask] > 0).any()
 
-    predictor.box_trials = (0.0,)  # trials off: the box as drawn
-    assert predictor.predict("K", 1, SlicePrompt(box=drawn)).mask.sum() == 22 * 22
+    predictor.box_trials = (0.0,)  # trials off: the box as drawn, and the model shrinks its mask by a voxel
+    as_drawn = predictor.predict("K", 1, SlicePrompt(box=drawn))
+    assert as_drawn.mask.sum() == 20 * 20 and as_drawn.score == pytest.approx(0.93)
     model.boxes.clear()
-    assert predictor.predict("K", 1, SlicePrompt(box=drawn), box_trials=False).mask.sum() == 22 * 22
+    predictor.box_trials = BOX_TRIALS
+    assert predictor.predict("K", 1, SlicePrompt(box=drawn), box_trials=False).mask.sum() == 20 * 20
     assert len(model.boxes) == 1
+
+
+def test_the_box_footprint_holds_the_voxels_whose_centres_are_inside_the_box():
+    inside = box_footprint(np.array([2.6, 1.0, 5.4, 3.5]), (6, 8))
+    rows, cols = np.nonzero(inside)
+    # columns: 2 lies left of 2.6 - 0.5, 6 right of 5.4 + 0.5; rows: 4 lies on the edge 3.5 + 0.5
+    assert (cols.min(), cols.max(), rows.min(), rows.max()) == (3, 5, 1, 4)
+    assert box_footprint(np.array([0.0, 0.0, 7.0, 5.0]), (6, 8)).all()
 
 
 @pytest.mark.parametrize("prompt", [
