@@ -30,7 +30,7 @@ from bench_accuracy import CASES, default_model, load_case  # noqa: E402
 
 from SAMSegmentLib.evaluation import box3d_prompt, one_box_prompt  # noqa: E402
 from SAMSegmentLib.metrics import dice  # noqa: E402
-from SAMSegmentLib.predictor import BOX_TRIALS  # noqa: E402
+from SAMSegmentLib.predictor import BOX_TRIALS, grow_box  # noqa: E402
 from SAMSegmentLib.prompts import SlicePrompt  # noqa: E402
 from SAMSegmentLib.session import SegmentationSession  # noqa: E402
 from SAMSegmentLib.slices import slice_geometry  # noqa: E402
@@ -41,16 +41,9 @@ MARGINS = (1, 2)  # voxels added on every side of the tight box
 
 
 def with_margin(prompts: dict[int, SlicePrompt], margin: float, shape: tuple[int, int]) -> dict[int, SlicePrompt]:
-    """Each prompt's box (x0, y0, x1, y1, voxel indices, inclusive) grown by ``margin`` voxels per side, clipped
-    to the slice ``shape`` (rows, cols)."""
-    rows, cols = shape
-    out = {}
-    for index, prompt in prompts.items():
-        x0, y0, x1, y1 = prompt.box
-        box = np.array([max(0.0, x0 - margin), max(0.0, y0 - margin), min(cols - 1.0, x1 + margin),
-                        min(rows - 1.0, y1 + margin)])
-        out[index] = dataclasses.replace(prompt, box=box)
-    return out
+    """Each prompt's box grown by ``margin`` voxels per side, clipped to the slice ``shape`` (rows, cols)."""
+    return {index: dataclasses.replace(prompt, box=grow_box(prompt.box, shape, 0.0, margin))
+            for index, prompt in prompts.items()}
 
 
 def propagated_dice(model, volume, window, axis: str, reference: np.ndarray, trials: tuple[float, ...],

@@ -3,9 +3,10 @@ model load seconds (the first OpenVINO load includes the one-time export), embed
 prompt-to-mask latency p50 / p95 with a cached embedding (``SlicePredictor.predict``: decoder, upscaling, mapping to
 the voxel grid; one decode, without the box trials: a drawn box's preview decodes ``len(BOX_TRIALS)`` of these and
 upscales one, 47 ms against 13 ms for LiteMedSAM on OpenVINO bf16 on the 2-core development machine), with
-speed-ups against torch fp32 and against the torch bf16 autocast of earlier releases, all in one process. LiteMedSAM uses its real weights on the lung2 case of ../shared/data (box on every benchmarked
-labelled slice): Dice against the reference and mask agreement (Dice) with torch fp32 are printed too. SAM and SAM 2
-models use random weights (seeded, so their exports are cached between runs): timing only.
+speed-ups against torch fp32 and against the torch bf16 autocast of earlier releases, all in one process.
+LiteMedSAM uses its real weights on the lung2 case of ../shared/data (box on every benchmarked labelled slice):
+Dice against the reference and mask agreement (Dice) with torch fp32 are printed too. SAM and SAM 2 models use
+random weights (seeded, so their exports are cached between runs): timing only.
 
 With ``--dice``, it also prints the Dice of LiteMedSAM per backend on every shared case (Testing/engine/cases.py)
 for the box-per-slice and one-box (propagated both ways) protocols, and the change against torch fp32.
