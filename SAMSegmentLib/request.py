@@ -14,7 +14,9 @@ box corners are inclusive; point label 1 includes, 0 excludes; entries on the sa
 - A slice with points and no box is a correction where the propagation reaches it: the propagated result there
   (its mask and box) is the context, include points add to it, exclude points remove from it; propagation then
   continues outward from the corrected slice, which keeps its corrected result, until the correction's effect
-  dies out (beyond that slice the earlier result stays: ``ChainParams.join_fraction``). On a slice the
+  dies out (beyond that slice the earlier result stays: ``ChainParams.join_fraction``); a part the correction
+  added apart from the context also runs back toward the prompt whose propagation reached the slice, and the
+  slices between get it where it does not overlap what they show (``ChainParams.back_runs``). On a slice the
   propagation does not reach (or with ``"propagate": "none"``) points alone segment from the points and need an
   include point.
 - A 3D box: ``{"slice": 15, "box3d": [i0, j0, i1, j1, first, last]}`` (axis K; the in-plane corners as for

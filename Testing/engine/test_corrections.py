@@ -72,14 +72,16 @@ def test_a_correction_whose_effect_dies_out_leaves_the_slices_beyond_as_they_wer
 
     first, second = propagate()
     np.testing.assert_array_equal(second.outcomes[17].mask, obj[17])  # the part added, nothing else
-    assert sorted(second.recomputed) == [17, 18]  # 18 agrees with the earlier result: the chains rejoin there
+    # 18 agrees with the earlier result: the chains rejoin there; 16: the added part's back run toward the seed
+    # finds nothing there (the part is on slice 17 alone) and ends
+    assert sorted(second.recomputed) == [16, 17, 18]
     for k in range(18, 30):
         np.testing.assert_array_equal(second.outcomes[k].mask, first.outcomes[k].mask)
         assert second.outcomes[k].seed == SEED
     np.testing.assert_array_equal(second.to_volume(obj.shape), obj)
     # the rule off: the same masks here (the double has no memory), but every slice beyond is recomputed
     _, redrawn = propagate(join_fraction=None)
-    assert sorted(redrawn.recomputed) == [17, 18, 19, 20, 21]
+    assert sorted(redrawn.recomputed) == [16, 17, 18, 19, 20, 21]
     assert all(redrawn.outcomes[k].seed == 17 for k in range(18, 30))
 
 
@@ -99,7 +101,57 @@ def test_include_only_click_adds_a_part_the_propagation_missed():
     assert not (after & ~obj[17]).any()  # and nothing else
     np.testing.assert_array_equal(after & ~lobe[17], first.outcomes[17].mask)  # the rest keeps the context
     assert (second.outcomes[18].mask & lobe[18]).any()  # propagated outward from the corrected slice
-    np.testing.assert_array_equal(second.outcomes[16].mask, first.outcomes[16].mask)
+    # and back toward the seed: slice 16 gets the part too, and keeps what the seed's chain showed there
+    np.testing.assert_array_equal(second.outcomes[16].mask, first.outcomes[16].mask | lobe[16])
+    np.testing.assert_array_equal(second.outcomes[15].mask, first.outcomes[15].mask)
+
+
+def _lesion_b_clicked_beyond_the_chain_of_a(**params):
+    """Lesion A (slices 10-20) boxed on slice 16, whose chain ends at slice 9; an include click on lesion B
+    (slices 4-12) on slice 8, where nothing was shown: (volume, obj, session, prompts, result)."""
+    import dataclasses
+
+    from test_chaining import _two_lesions
+
+    from SAMSegmentLib.propagation.chaining import ChainParams
+
+    volume, obj = _two_lesions()
+    session = SegmentationSession(ThresholdModel(), volume, window=Window(0, 1000),
+                                  chain_params=dataclasses.replace(ChainParams(), **params))
+    a_only = obj & (np.arange(64)[None, :, None] < 32)
+    prompts = {16: SlicePrompt(box=box_from_mask(a_only[16]))}
+    first = session.propagate("K", prompts, "both").to_volume(obj.shape)
+    np.testing.assert_array_equal(first, a_only)  # A's chain alone never reaches B
+    prompts[8] = SlicePrompt(points=[[44, 44]], labels=[1])
+    steps = []
+    result = session.propagate("K", prompts, "both", progress=lambda done, total: steps.append((done, total)))
+    assert steps[-1][0] == steps[-1][1]  # progress ends at its total
+    return volume, obj, session, prompts, result
+
+
+def test_a_part_clicked_where_the_chain_had_ended_also_runs_back_toward_the_seed():
+    """The click's part propagates outward (slices 7-4) and back toward the seed: on slices 9-12 (beside A on
+    10-12) B's part is added to what A's chain shows; without the back run B is missing there."""
+    _, obj, _, _, result = _lesion_b_clicked_beyond_the_chain_of_a()
+    _, _, _, _, without = _lesion_b_clicked_beyond_the_chain_of_a(back_runs=False)
+    b = obj & (np.arange(64)[None, :, None] > 32)
+    mask, before = result.to_volume(obj.shape), without.to_volume(obj.shape)
+    assert not (mask & ~obj).any()
+    np.testing.assert_array_equal(mask & ~b, obj & ~b)  # A whole
+    np.testing.assert_array_equal(mask[:9], before[:9])  # the corrected slice and beyond: as without
+    assert not (before[9:13] & b[9:13]).any()
+    assert all((mask[k] & b[k]).sum() >= 0.8 * b[k].sum() for k in range(9, 13))
+    assert result.outcomes[11].seed == 16  # A's chain still owns the slice; B's part was added to it
+
+
+def test_a_later_click_between_keeps_the_part_a_back_run_added_there():
+    """A click on slice 11 (between the seed and the correction on 8) takes what slice 11 shows, B's part
+    included, as its context: a click that changes nothing there changes nothing anywhere."""
+    _, obj, session, prompts, before = _lesion_b_clicked_beyond_the_chain_of_a()
+    prompts[11] = SlicePrompt(points=[[20, 20]], labels=[1])  # inside A: already on the right side
+    result = session.propagate("K", prompts, "both")
+    assert result.outcomes[11].source == "prompt"
+    np.testing.assert_array_equal(result.to_volume(obj.shape), before.to_volume(obj.shape))
 
 
 def test_correction_of_an_existing_mask_and_later_clicks_never_change_what_earlier_ones_did():
