@@ -504,19 +504,25 @@ class ChainPropagator:
             down = self._chain(axis, ctx, boxes, {}, t, -1, known)
             for k in range(1, t - s):
                 for runner, index in ((up, s + k), (down, t - k)):
-                    owner = owners.get(index)
-                    if owner is None or owner is runner:  # a prompted slice, or the runner's own result
-                        report(None)
-                        continue
-                    theirs = self._runner_outcome(axis, runner, index, should_stop)
-                    shown = result.outcomes[index]
-                    merged = self._with_parts_of(axis, index, shown.mask, theirs.mask, owner)
-                    if merged is shown.mask:
-                        report(None)
-                    elif shown.mask.any():
-                        report(SliceOutcome(index, merged, shown.score, shown.source, shown.seed, shown.stopped))
-                    else:
-                        report(SliceOutcome(index, merged, theirs.score, theirs.source, theirs.seed))
+                    self._add_runner_parts(axis, index, runner, owners, result, report, should_stop)
+
+    def _add_runner_parts(self, axis, index, runner, owners, result, report, should_stop, seed_result=None) -> None:
+        """Stream slice ``index`` with the parts of ``runner``'s mask there added to what it shows (see
+        ``_with_parts_of``), or count a step when nothing is added, on a prompted slice (no owner) and where the
+        runner's own result is shown."""
+        owner = owners.get(index)
+        if owner is None or owner is runner:
+            report(None)
+            return
+        theirs = self._runner_outcome(axis, runner, index, should_stop, seed_result)
+        shown = result.outcomes[index]
+        merged = self._with_parts_of(axis, index, shown.mask, theirs.mask, owner)
+        if merged is shown.mask:
+            report(None)
+        elif shown.mask.any():
+            report(SliceOutcome(index, merged, shown.score, shown.source, shown.seed, shown.stopped))
+        else:
+            report(SliceOutcome(index, merged, theirs.score, theirs.source, theirs.seed))
 
     def _back_runs(self, axis: str, ctx: tuple, prompts: dict[int, SlicePrompt], parents: dict[int, tuple[int, int]],
                    known: tuple[int, int] | None) -> dict[int, tuple[_Chain, SliceResult, int]]:
@@ -556,20 +562,7 @@ class ChainPropagator:
         there (``_with_parts_of``); prompted slices are left as they are."""
         for c, (runner, seed, s) in self._back.items():
             for k in range(1, abs(c - s)):
-                index = c + runner.step * k
-                owner = owners.get(index)
-                if owner is None or owner is runner:  # a prompted slice
-                    report(None)
-                    continue
-                theirs = self._runner_outcome(axis, runner, index, should_stop, seed)
-                shown = result.outcomes[index]
-                merged = self._with_parts_of(axis, index, shown.mask, theirs.mask, owner)
-                if merged is shown.mask:
-                    report(None)
-                elif shown.mask.any():
-                    report(SliceOutcome(index, merged, shown.score, shown.source, shown.seed, shown.stopped))
-                else:
-                    report(SliceOutcome(index, merged, theirs.score, theirs.source, theirs.seed))
+                self._add_runner_parts(axis, c + runner.step * k, runner, owners, result, report, should_stop, seed)
 
     def _runner_outcome(self, axis: str, runner: _Chain, index: int, should_stop: Callable[[], bool],
                         seed_result: SliceResult | None = None) -> SliceOutcome:
