@@ -65,8 +65,9 @@ BOX_MARGIN = (0.05, 2.0)  # context boxes grow by this fraction of their side, a
 # tight box, +1 and +2 voxels, 8 random boxes of +-5 % per side), smallest one-box Dice 0.526 -> 0.898 on lung2 and
 # 0.643 -> 0.953 on t2, 3D box 0.686 -> 0.962 on t2; mean over all boxes and cases 0.847 -> 0.874 (one box) and
 # 0.887 -> 0.901 (3D box). Not cutting to the drawn box gave the same to +-0.002. Every second pixel does as well as
-# (0, 1, 2, 3, 4, 6); (0, 3, 6) lost lung2's worst box (0.874). Each trial is one more decode (a box preview took
-# 13 ms -> 47 ms on this 2-core CPU). Propagation's own boxes are not varied (``box_trials=False``).
+# (0, 1, 2, 3, 4, 6); (0, 3, 6) lost lung2's worst box (0.874). Each trial is one more decode: a box preview p50
+# of 14 -> 53 ms on OpenVINO bf16, 59 -> 234 ms on torch fp32 (benchmarks/bench_engine.py, 2-core CPU).
+# Propagation's own boxes are not varied (``box_trials=False``).
 BOX_TRIALS = (0.0, 2.0, 4.0, 6.0)
 
 

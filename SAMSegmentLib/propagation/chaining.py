@@ -229,7 +229,8 @@ class ChainPropagator:
         self.cache_bytes = int(cache_bytes)
         self._seeds = _BoundedCache(cache_bytes, _result_nbytes)
         self._chains = _BoundedCache(cache_bytes, lambda c: c.nbytes)
-        # this run's back runs: corrected slice -> (chain back toward the seed, its prompt, the seed)
+        # this run's back runs: corrected slice -> (chain of the added parts back toward the seed, its seed
+        # result, the seed)
         self._back: dict[int, tuple[_Chain, SliceResult, int]] = {}
 
     @property
@@ -409,7 +410,7 @@ class ChainPropagator:
                 raise PropagationCancelled("propagation was cancelled")
             self._back = {}
             seeds_prompts, steps, parents = self._resolve(axis, ctx, prompts, direction, lo, hi, known, should_stop)
-            back = self._back_runs(axis, ctx, seeds_prompts, parents, known)
+            back = self._back_runs(axis, ctx, seeds_prompts, parents, known, should_stop)
             if back:
                 self._back = back
                 if any(min(s, c) < j < max(s, c) for c, (_, _, s) in back.items() for j in parents):
@@ -525,7 +526,8 @@ class ChainPropagator:
             report(SliceOutcome(index, merged, theirs.score, theirs.source, theirs.seed))
 
     def _back_runs(self, axis: str, ctx: tuple, prompts: dict[int, SlicePrompt], parents: dict[int, tuple[int, int]],
-                   known: tuple[int, int] | None) -> dict[int, tuple[_Chain, SliceResult, int]]:
+                   known: tuple[int, int] | None, should_stop: Callable[[], bool] = lambda: False
+                   ) -> dict[int, tuple[_Chain, SliceResult, int]]:
         """Corrections whose result holds parts (8-connected) that do not overlap their context, with a slice
         between them and the prompted slice whose chain they corrected (through other corrections: a click made
         later between them must see the part too): corrected slice -> (the chain of those parts alone back toward
@@ -539,6 +541,8 @@ class ChainPropagator:
             prompt = prompts[c]
             if abs(c - s) < 2 or prompt.mask is None or not (prompt.labels == 1).any():
                 continue
+            if should_stop():
+                raise PropagationCancelled("propagation was cancelled")
             corrected, _ = self._seed_result(axis, ctx, c, prompt)
             context = np.asarray(prompt.mask, dtype=bool)
             with_parts = _with_separate_parts(context, corrected.mask)
